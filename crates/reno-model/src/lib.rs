@@ -1,0 +1,20 @@
+//! The event model of reno, with no IO: the envelope services publish, the notification devices
+//! receive, the event-type registry, the subject scheme and the CBOR codec with its limits. Everything
+//! that decides whether an event is valid and where it goes lives here, tested without a server.
+
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod envelope;
+pub mod notification;
+pub mod registry;
+pub mod subject;
+pub mod token;
+
+pub use envelope::{Envelope, InvalidEvent, Route};
+pub use notification::{Notification, PullPage, PullRequest};
+pub use registry::{Priority, Registry, RegistryError, TypeSpec};
+pub use token::{CollapseKey, DeviceType, EventId, EventType, MemberId, TokenError};
+
+/// Re-exported so that users of the model can build payloads without naming ciborium themselves.
+pub use ciborium::Value;

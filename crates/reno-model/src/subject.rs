@@ -1,0 +1,140 @@
+//! The subject scheme and the names of streams, consumers and buckets: the one place that spells
+//! them, so that publishers, workers, the pull service and devices cannot drift apart.
+//!
+//! | subject                              | carries                                         |
+//! |--------------------------------------|-------------------------------------------------|
+//! | `reno.evt.<type>.<member>`           | events from services (JetStream, by priority)    |
+//! | `reno.ntf.<member>.<device_type>`    | notifications pushed to online devices (core)    |
+//! | `reno.pull.<member>.<device_type>`   | pull requests from devices (request/reply)       |
+//! | `reno.dead.<priority>.<reason>`      | dead letters (JetStream, `RENO_DEAD`)            |
+
+use crate::{
+    envelope::InvalidEvent,
+    registry::Priority,
+    token::{DeviceType, EventType, MemberId},
+};
+
+/// Prefix of every event subject.
+pub const EVENT_PREFIX: &str = "reno.evt";
+/// The stream that keeps dead letters.
+pub const DEAD_LETTER_STREAM: &str = "RENO_DEAD";
+/// Every dead-letter subject.
+pub const DEAD_LETTER_SUBJECTS: &str = "reno.dead.>";
+/// The KV bucket that keeps each device type's notification history.
+pub const HISTORY_BUCKET: &str = "RENO_HISTORY";
+/// The name of the pull service (NATS service API).
+pub const PULL_SERVICE: &str = "reno-pull";
+/// The subject pattern the pull service listens on.
+pub const PULL_SUBJECTS: &str = "reno.pull.*.*";
+
+/// `reno.evt.<type>.<member>`: where a service publishes an event.
+pub fn event_subject(event_type: &EventType, member: &MemberId) -> String {
+    format!("{EVENT_PREFIX}.{event_type}.{member}")
+}
+
+/// `reno.evt.<type>.*`: what a priority stream captures for one event type.
+pub fn event_type_filter(event_type: &EventType) -> String {
+    format!("{EVENT_PREFIX}.{event_type}.*")
+}
+
+/// Reads type and member back out of an event subject, refusing anything that is not exactly
+/// `reno.evt.<type>.<member>` with safe tokens (a raw publisher may have sent anything).
+pub fn parse_event_subject(subject: &str) -> Result<(EventType, MemberId), InvalidEvent> {
+    let bad = |problem: String| InvalidEvent::BadSubject { subject: subject.chars().take(200).collect(), problem };
+    let rest = subject
+        .strip_prefix(EVENT_PREFIX)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .ok_or_else(|| bad(format!("it does not start with {EVENT_PREFIX}.")))?;
+    let mut tokens = rest.split('.');
+    let (Some(event_type), Some(member), None) = (tokens.next(), tokens.next(), tokens.next()) else {
+        return Err(bad("it does not have exactly two tokens after reno.evt".into()));
+    };
+    let event_type = EventType::new(event_type).map_err(|error| bad(error.to_string()))?;
+    let member = MemberId::new(member).map_err(|error| bad(error.to_string()))?;
+    Ok((event_type, member))
+}
+
+/// `reno.ntf.<member>.<device_type>`: where online devices of a member's device type get pushes.
+pub fn push_subject(member: &MemberId, device_type: &DeviceType) -> String {
+    format!("reno.ntf.{member}.{device_type}")
+}
+
+/// `reno.pull.<member>.<device_type>`: where a device asks for what it missed.
+pub fn pull_subject(member: &MemberId, device_type: &DeviceType) -> String {
+    format!("reno.pull.{member}.{device_type}")
+}
+
+/// Reads member and device type back out of a pull subject.
+pub fn parse_pull_subject(subject: &str) -> Option<(MemberId, DeviceType)> {
+    let mut tokens = subject.strip_prefix("reno.pull.")?.split('.');
+    let (Some(member), Some(device_type), None) = (tokens.next(), tokens.next(), tokens.next()) else {
+        return None;
+    };
+    Some((MemberId::new(member).ok()?, DeviceType::new(device_type).ok()?))
+}
+
+/// `reno.dead.<priority>.<reason>`: where a worker files an event that can never be delivered.
+pub fn dead_letter_subject(priority: Priority, reason_code: &str) -> String {
+    format!("reno.dead.{priority}.{reason_code}")
+}
+
+/// The stream that carries one priority: `RENO_HIGH`, `RENO_NORMAL`, `RENO_LOW`.
+pub fn priority_stream(priority: Priority) -> String {
+    format!("RENO_{}", priority.as_str().to_ascii_uppercase())
+}
+
+/// The durable consumer the workers of one priority share.
+pub const WORKER_CONSUMER: &str = "reno-worker";
+
+/// The history key of one notification: `<member>.<device_type>.<type>.<notification key>`.
+pub fn history_key(member: &MemberId, device_type: &DeviceType, event_type: &EventType, key: &str) -> String {
+    format!("{member}.{device_type}.{event_type}.{key}")
+}
+
+/// The KV subject filter for all history of one member's device type.
+pub fn history_filter(member: &MemberId, device_type: &DeviceType) -> String {
+    format!("$KV.{HISTORY_BUCKET}.{member}.{device_type}.>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_subjects_round_trip() {
+        let event_type = EventType::new("plan_changed").unwrap();
+        let member = MemberId::new("m-1").unwrap();
+        let subject = event_subject(&event_type, &member);
+        assert_eq!(subject, "reno.evt.plan_changed.m-1");
+        assert_eq!(parse_event_subject(&subject).unwrap(), (event_type, member));
+    }
+
+    #[test]
+    fn refuses_subjects_that_smuggle_levels_or_wildcards() {
+        for subject in ["reno.evt.plan_changed", "reno.evt.plan_changed.a.b", "reno.evt.plan_changed.*",
+            "reno.evt.*.m1", "reno.evt.plan_changed.>", "other.evt.plan_changed.m1", "reno.evtx.a.b"]
+        {
+            assert!(parse_event_subject(subject).is_err(), "{subject}");
+        }
+    }
+
+    #[test]
+    fn pull_subjects_round_trip() {
+        let member = MemberId::new("m1").unwrap();
+        let device = DeviceType::new("tv").unwrap();
+        assert_eq!(parse_pull_subject(&pull_subject(&member, &device)), Some((member, device)));
+        assert_eq!(parse_pull_subject("reno.pull.m1.tv.x"), None);
+        assert_eq!(parse_pull_subject("reno.pull.m1"), None);
+    }
+
+    #[test]
+    fn names_of_the_topology() {
+        assert_eq!(priority_stream(Priority::Normal), "RENO_NORMAL");
+        assert_eq!(dead_letter_subject(Priority::Low, "malformed"), "reno.dead.low.malformed");
+        let member = MemberId::new("m1").unwrap();
+        let device = DeviceType::new("tv").unwrap();
+        let event_type = EventType::new("plan_changed").unwrap();
+        assert_eq!(history_key(&member, &device, &event_type, "k"), "m1.tv.plan_changed.k");
+        assert_eq!(history_filter(&member, &device), "$KV.RENO_HISTORY.m1.tv.>");
+    }
+}

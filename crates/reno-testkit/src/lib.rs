@@ -1,0 +1,191 @@
+//! Test kit: starts real nats-servers from the repository's `nats/` configs on free ports, each with
+//! its own store directory, and stops them on drop. Also keeps child processes (a `reno` worker, a
+//! device) tied to a test so that nothing outlives it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// How long a nats-server may take to report its ports before the test gives up.
+const STARTUP_LIMIT: Duration = Duration::from_secs(20);
+
+/// The repository root, where `nats/`, `registry/` and `.tools/` live.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+}
+
+/// The pinned nats-server that `scripts/install` put into `.tools/`, or `RENO_NATS_SERVER` if set.
+pub fn nats_server_binary() -> PathBuf {
+    std::env::var_os("RENO_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".tools/nats-server"))
+}
+
+/// A running nats-server started from a config in `nats/`; killed, and its store removed, on drop.
+pub struct NatsServer {
+    /// The server process; killed on drop.
+    child: Child,
+    /// Holds the store directory and the ports file; removed on drop.
+    dir: tempfile::TempDir,
+    /// `nats://127.0.0.1:<port>` for services and workers.
+    client_url: String,
+    /// `ws://127.0.0.1:<port>` for devices.
+    websocket_url: String,
+}
+
+impl NatsServer {
+    /// Starts `nats/dev.conf` on free ports and waits, by polling, until it accepts connections.
+    pub fn start() -> Result<Self> {
+        Self::start_config("dev.conf")
+    }
+
+    /// Starts the named config from `nats/` on free ports.
+    pub fn start_config(config: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("reno-nats-").tempdir()?;
+        let binary = nats_server_binary();
+        if !binary.exists() {
+            bail!("no nats-server at {}: run scripts/install first", binary.display());
+        }
+        let log = std::fs::File::create(dir.path().join("nats-server.log"))?;
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(repo_root().join("nats").join(config))
+            .args(["-p", "-1", "-sd"])
+            .arg(dir.path().join("store"))
+            .arg("--ports_file_dir")
+            .arg(dir.path())
+            .env("RENO_WS_PORT", "-1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut server = NatsServer { child, dir, client_url: String::new(), websocket_url: String::new() };
+        server.wait_for_ports()?;
+        Ok(server)
+    }
+
+    fn wait_for_ports(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let ports_file = self.dir.path().join(format!("nats-server_{}.ports", self.child.id()));
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("nats-server exited with {status} during start-up; log:\n{}", self.log());
+            }
+            if let Ok(text) = std::fs::read_to_string(&ports_file) {
+                self.client_url = first_loopback(&text, "nats").context("no client port in ports file")?;
+                self.websocket_url = first_loopback(&text, "websocket").unwrap_or_default();
+                let address = self.client_url.trim_start_matches("nats://").to_owned();
+                if std::net::TcpStream::connect(&address).is_ok() {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > STARTUP_LIMIT {
+                bail!("nats-server did not come up within {STARTUP_LIMIT:?}; log:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client_url(&self) -> &str {
+        &self.client_url
+    }
+
+    pub fn websocket_url(&self) -> &str {
+        &self.websocket_url
+    }
+
+    /// The server's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Picks the `127.0.0.1` address of one listener kind out of nats-server's ports file (JSON).
+fn first_loopback(ports_file: &str, kind: &str) -> Option<String> {
+    let start = ports_file.find(&format!("\"{kind}\":["))?;
+    let list = &ports_file[start..];
+    let list = &list[..list.find(']')?];
+    list.split('"').find(|item| item.contains("://127.0.0.1:")).map(str::to_owned)
+}
+
+/// A child process tied to a test: killed on drop, its output kept in a log file for failures.
+pub struct Process {
+    /// The process; killed on drop unless it has exited.
+    child: Child,
+    /// Where its stdout and stderr go.
+    log_path: PathBuf,
+    /// Keeps the log's directory alive as long as the process.
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Spawns `command` with its output captured to a log file.
+    pub fn spawn(mut command: Command) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("reno-proc-").tempdir()?;
+        let log_path = dir.path().join("output.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {command:?}"))?;
+        Ok(Process { child, log_path, _dir: dir })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`KILL`, `TERM`, `STOP`, `CONT`) with the system's `kill`.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.id().to_string()).status()?;
+        if !status.success() {
+            bail!("kill -{signal} {} failed", self.id());
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit on its own and returns whether it succeeded.
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        Ok(self.child.wait()?)
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_loopback_address_of_each_listener() {
+        let text = r#"{"nats":["nats://[::1]:1","nats://127.0.0.1:4222"],"websocket":["ws://127.0.0.1:9222"]}"#;
+        assert_eq!(first_loopback(text, "nats").as_deref(), Some("nats://127.0.0.1:4222"));
+        assert_eq!(first_loopback(text, "websocket").as_deref(), Some("ws://127.0.0.1:9222"));
+        assert_eq!(first_loopback(text, "leafnodes"), None);
+    }
+}
