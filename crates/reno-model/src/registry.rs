@@ -232,7 +232,7 @@ mod tests {
     fn refuses_bad_registries_with_a_reason() {
         let cases = [
             (SAMPLE.replace("targets = [\"tv\"]", "targets = [\"watch\"]"), "target watch is not in device_types (mobile, tv)"),
-            (SAMPLE.replace("plan_changed", "plan.changed"), "event type \"plan.changed\" is not accepted"),
+            (SAMPLE.replace("[types.plan_changed]", "[types.\"plan.changed\"]"), "event type \"plan.changed\" is not accepted"),
             (SAMPLE.replace("\"high\"", "\"urgent\""), "unknown variant `urgent`"),
             (SAMPLE.replace("stale_after_secs = 60", "stale_after_secs = 0"), "must be above 0"),
             (SAMPLE.replace("collapse = true", "colapse = true"), "unknown field `colapse`"),
