@@ -1,1 +1,203 @@
-//! placeholder
+//! The reno device SDK: connects a device to its edge over websocket, subscribes to the pushes for its
+//! member and device type, pulls what it missed since its cursor on start, after every reconnect and
+//! whenever the app asks (lifecycle points), drops what arrives twice by push and pull, and hands the
+//! app one stream of notifications. Push is best effort; pull makes it reliable.
+
+#![forbid(unsafe_code)]
+
+use std::{collections::BTreeSet, collections::VecDeque, time::Duration};
+
+use async_nats::{Event, Subscriber};
+use futures::StreamExt;
+use reno_model::{DeviceType, MemberId, Notification, PullPage, PullRequest, notification::DEFAULT_PAGE_LIMIT, subject};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Pushes remembered above the cursor before the SDK pulls to move its cursor on.
+const MAX_SEEN: usize = 10_000;
+/// How long one pull page may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who the device is and where it connects.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// The edge's websocket address (`ws://` or `wss://`); `nats://` works too.
+    pub url: String,
+    pub member: MemberId,
+    pub device_type: DeviceType,
+    /// The highest `seq` the app has already handled (0 for none): what it missed is pulled from here.
+    pub cursor: u64,
+    /// Notifications per pull page.
+    pub page_limit: u32,
+}
+
+impl DeviceConfig {
+    pub fn new(url: impl Into<String>, member: MemberId, device_type: DeviceType) -> Self {
+        DeviceConfig { url: url.into(), member, device_type, cursor: 0, page_limit: DEFAULT_PAGE_LIMIT }
+    }
+}
+
+/// What the app gets from the device.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceEvent {
+    /// A notification, once, whether it came by push or by pull.
+    Notification(Notification),
+    /// Notifications after the app's cursor are gone from the history (retention, or a reset
+    /// history): the app should reload its state from the source of truth. Notifications that
+    /// follow are the ones still retained.
+    Resync,
+}
+
+/// Why the device could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: async_nats::ConnectError },
+    #[error("cannot subscribe to pushes: {0}")]
+    Subscribe(async_nats::SubscribeError),
+    #[error("pull failed: {0}")]
+    Pull(String),
+    #[error("the pull service refused the request ({code}): {message}")]
+    Refused { code: String, message: String },
+    #[error("the connection is closed")]
+    Closed,
+}
+
+/// A connected device. Call [`Device::next`] in a loop.
+pub struct Device {
+    config: DeviceConfig,
+    client: async_nats::Client,
+    /// Pushes for this member and device type.
+    pushes: Subscriber,
+    /// Signals from the connection that pushes may have been missed (reconnected, slow consumer).
+    missed: mpsc::UnboundedReceiver<()>,
+    /// A catch-up pull is owed (after a reconnect, or when `seen` is full); kept until one succeeds.
+    catch_up_owed: bool,
+    /// Everything up to here has been pulled: the cursor to persist and to pull from next.
+    cursor: u64,
+    /// Seqs above the cursor already handed to the app (by push), so a pull does not repeat them.
+    seen: BTreeSet<u64>,
+    /// Events ready for the app, in order.
+    ready: VecDeque<DeviceEvent>,
+}
+
+impl Device {
+    /// Connects, subscribes, and pulls everything after `config.cursor` before returning.
+    pub async fn connect(config: DeviceConfig) -> Result<Self, DeviceError> {
+        let (missed_sender, missed) = mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("reno-device-{}", config.device_type))
+            .event_callback(move |event| {
+                let missed_sender = missed_sender.clone();
+                async move {
+                    if matches!(event, Event::Connected | Event::SlowConsumer(_)) {
+                        debug!(%event, "may have missed pushes; catching up");
+                        let _ = missed_sender.send(());
+                    }
+                }
+            })
+            .connect(&config.url)
+            .await
+            .map_err(|source| DeviceError::Connect { url: config.url.clone(), source })?;
+        let pushes = client
+            .subscribe(subject::push_subject(&config.member, &config.device_type))
+            .await
+            .map_err(DeviceError::Subscribe)?;
+        let cursor = config.cursor;
+        let mut device = Device {
+            config,
+            client,
+            pushes,
+            missed,
+            catch_up_owed: true,
+            cursor,
+            seen: BTreeSet::new(),
+            ready: VecDeque::new(),
+        };
+        device.catch_up().await?;
+        Ok(device)
+    }
+
+    /// The next notification (or resync signal). Pulls first when a catch-up is owed; an error
+    /// leaves the device usable: call again to retry.
+    pub async fn next(&mut self) -> Result<DeviceEvent, DeviceError> {
+        loop {
+            if self.catch_up_owed {
+                self.catch_up().await?;
+            }
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(event);
+            }
+            tokio::select! {
+                Some(()) = self.missed.recv() => self.catch_up_owed = true,
+                push = self.pushes.next() => {
+                    let Some(message) = push else { return Err(DeviceError::Closed) };
+                    match Notification::decode(&message.payload) {
+                        Ok(notification) => self.accept(notification),
+                        Err(error) => warn!(%error, "unreadable push dropped"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The cursor to persist: every notification up to it has been handed out.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Pulls every page after the cursor now (call at app lifecycle points such as resume).
+    pub async fn catch_up(&mut self) -> Result<(), DeviceError> {
+        loop {
+            let page = self.pull_page().await?;
+            if page.resync {
+                // The history restarts below or beyond our cursor: take the page as it comes.
+                self.ready.push_back(DeviceEvent::Resync);
+                self.seen.clear();
+                self.cursor = 0;
+            }
+            for notification in page.notifications {
+                self.accept(notification);
+            }
+            self.cursor = self.cursor.max(page.next_cursor);
+            let cursor = self.cursor;
+            self.seen.retain(|seq| *seq > cursor);
+            if !page.more {
+                break;
+            }
+        }
+        self.catch_up_owed = false;
+        Ok(())
+    }
+
+    async fn pull_page(&self) -> Result<PullPage, DeviceError> {
+        let request = PullRequest { cursor: self.cursor, limit: Some(self.config.page_limit) };
+        let subject = subject::pull_subject(&self.config.member, &self.config.device_type);
+        let response = tokio::time::timeout(PULL_TIMEOUT, self.client.request(subject, request.encode().into()))
+            .await
+            .map_err(|_| DeviceError::Pull(format!("no answer within {PULL_TIMEOUT:?}")))?
+            .map_err(|error| DeviceError::Pull(error.to_string()))?;
+        if let Some(headers) = &response.headers
+            && let Some(message) = headers.get("Nats-Service-Error")
+        {
+            let code = headers.get("Nats-Service-Error-Code").map(|code| code.to_string()).unwrap_or_default();
+            return Err(DeviceError::Refused { code, message: message.to_string() });
+        }
+        PullPage::decode(&response.payload).map_err(|error| DeviceError::Pull(error.to_string()))
+    }
+
+    /// Queues a notification for the app unless it was handed out before or is not this device's.
+    fn accept(&mut self, notification: Notification) {
+        if notification.member != self.config.member || notification.device_type != self.config.device_type {
+            warn!(seq = notification.seq, "notification for another member or device type dropped");
+            return;
+        }
+        if notification.seq <= self.cursor || !self.seen.insert(notification.seq) {
+            return;
+        }
+        if self.seen.len() > MAX_SEEN {
+            self.catch_up_owed = true;
+        }
+        self.ready.push_back(DeviceEvent::Notification(notification));
+    }
+}

@@ -1,1 +1,13 @@
-//! placeholder
+//! The NATS side of reno that every process shares: provisioning the JetStream topology from the
+//! registry (streams per priority, dead letters, the history bucket, durable consumers), connecting,
+//! and the publisher API services use. It may talk to NATS; it holds no pipeline logic.
+
+#![forbid(unsafe_code)]
+
+pub mod connect;
+pub mod publisher;
+pub mod topology;
+
+pub use connect::connect;
+pub use publisher::{PublishError, Publisher};
+pub use topology::{ProvisionError, Topology, provision};

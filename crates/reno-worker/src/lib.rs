@@ -1,1 +1,16 @@
-//! placeholder
+//! The reno worker: for each priority, a durable pull consumer on its own connection, tokio runtime
+//! and task pool, so that a backlog in one priority never slows another. Each event passes the gates
+//! in order (decode and validate, staleness, dedup and collapse, targeting), is written to the
+//! history, pushed to online devices, and acked only then. Stateless: run as many copies as needed;
+//! they share each priority's durable consumer. Every event ends in exactly one counted outcome.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod dead_letter;
+pub mod outcome;
+mod pipeline;
+mod runner;
+
+pub use config::{PoolConfig, WorkerConfig};
+pub use runner::{WorkerError, run};

@@ -1,0 +1,149 @@
+//! Reading one member's history for one device type, in pages, straight from the history bucket's
+//! stream with a batched direct get: no consumer is created per device, so a reconnect storm costs
+//! the server one request per page and nothing it must clean up afterwards.
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, StatusCode, jetstream};
+use futures::StreamExt;
+use reno_model::{
+    DeviceType, MemberId, Notification, PullPage, PullRequest,
+    notification::{DEFAULT_PAGE_LIMIT, MAX_PAGE_BYTES, MAX_PAGE_LIMIT},
+    subject,
+};
+use tracing::warn;
+
+/// How long to wait for the server's answer to one page.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a page could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("the history bucket is unreachable: {0}")]
+    Unavailable(String),
+    #[error("the history did not answer within {PAGE_TIMEOUT:?}")]
+    TimedOut,
+    #[error("unexpected answer from the history: {0}")]
+    Protocol(String),
+}
+
+/// Reads pages of history. Cheap to clone.
+#[derive(Clone)]
+pub struct HistoryReader {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+}
+
+/// The history stream's bounds at the time of a request.
+struct Bounds {
+    first_seq: u64,
+    last_seq: u64,
+}
+
+impl HistoryReader {
+    pub fn new(client: async_nats::Client) -> Self {
+        HistoryReader { jetstream: jetstream::new(client.clone()), client }
+    }
+
+    /// One page of `member`'s notifications for `device_type` above `request.cursor`.
+    pub async fn page(
+        &self,
+        member: &MemberId,
+        device_type: &DeviceType,
+        request: PullRequest,
+    ) -> Result<PullPage, HistoryError> {
+        let limit = request.limit.unwrap_or(DEFAULT_PAGE_LIMIT).clamp(1, MAX_PAGE_LIMIT);
+        let bounds = self.bounds().await?;
+        // A cursor beyond the end comes from a history that was reset (bucket recreated): start
+        // over. A cursor below the start has lost entries to retention: go on from the start.
+        // Either way the device is told to resync.
+        let (start_after, resync) = if request.cursor > bounds.last_seq {
+            (0, true)
+        } else if request.cursor > 0 && request.cursor + 1 < bounds.first_seq {
+            (bounds.first_seq - 1, true)
+        } else {
+            (request.cursor, false)
+        };
+        let (notifications, remaining) = self.read(member, device_type, start_after + 1, limit).await?;
+        let next_cursor = notifications.last().map_or(start_after, |notification| notification.seq);
+        Ok(PullPage { notifications, next_cursor, more: remaining > 0, resync })
+    }
+
+    async fn bounds(&self) -> Result<Bounds, HistoryError> {
+        let stream_name = format!("KV_{}", subject::HISTORY_BUCKET);
+        let stream = self
+            .jetstream
+            .get_stream_no_info(&stream_name)
+            .await
+            .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
+        let info = stream.get_info().await.map_err(|error| HistoryError::Unavailable(error.to_string()))?;
+        Ok(Bounds { first_seq: info.state.first_sequence, last_seq: info.state.last_sequence })
+    }
+
+    /// Batched direct get (ADR-31): up to `limit` messages matching the filter from `start_seq` on,
+    /// answered as a series of messages closed by a 204 "EOB" status (or 404 when none match).
+    /// Returns the notifications and how many matching entries remain after them.
+    async fn read(
+        &self,
+        member: &MemberId,
+        device_type: &DeviceType,
+        start_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<Notification>, u64), HistoryError> {
+        let inbox = self.client.new_inbox();
+        let mut replies =
+            self.client.subscribe(inbox.clone()).await.map_err(|error| HistoryError::Unavailable(error.to_string()))?;
+        let request = format!(
+            r#"{{"seq":{start_seq},"next_by_subj":"{filter}","batch":{limit},"max_bytes":{MAX_PAGE_BYTES}}}"#,
+            filter = subject::history_filter(member, device_type),
+        );
+        self.client
+            .publish_with_reply(format!("$JS.API.DIRECT.GET.KV_{}", subject::HISTORY_BUCKET), inbox, request.into())
+            .await
+            .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
+
+        let mut notifications = Vec::new();
+        let mut remaining = 0;
+        loop {
+            let reply = tokio::time::timeout(PAGE_TIMEOUT, replies.next())
+                .await
+                .map_err(|_| HistoryError::TimedOut)?
+                .ok_or_else(|| HistoryError::Unavailable("connection closed".into()))?;
+            match reply.status {
+                Some(StatusCode::NOT_FOUND) => break,
+                Some(status) if status.as_u16() == 204 => {
+                    remaining = header_u64(reply.headers.as_ref(), "Nats-Num-Pending").unwrap_or(0);
+                    break;
+                }
+                Some(StatusCode::NO_RESPONDERS) => {
+                    return Err(HistoryError::Unavailable("no server answers for the history bucket".into()));
+                }
+                Some(status) if status != StatusCode::OK => {
+                    let description = reply.description.unwrap_or_default();
+                    return Err(HistoryError::Protocol(format!("status {status} {description}")));
+                }
+                _ => {}
+            }
+            let headers = reply.headers.as_ref();
+            let Some(seq) = header_u64(headers, "Nats-Sequence") else {
+                return Err(HistoryError::Protocol("a history entry came without Nats-Sequence".into()));
+            };
+            let deleted = headers.and_then(|headers| headers.get("KV-Operation")).is_some();
+            if deleted {
+                continue;
+            }
+            match Notification::decode(&reply.payload) {
+                Ok(mut notification) => {
+                    notification.seq = seq;
+                    notifications.push(notification);
+                }
+                Err(error) => warn!(seq, %error, "unreadable history entry skipped"),
+            }
+        }
+        Ok((notifications, remaining))
+    }
+}
+
+fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
+    headers?.get(name)?.as_str().parse().ok()
+}

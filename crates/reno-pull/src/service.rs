@@ -1,0 +1,102 @@
+//! The NATS service around the history reader: parses the subject and the CBOR request, answers
+//! with a CBOR page or a service error (`Nats-Service-Error`, `Nats-Service-Error-Code`).
+
+use std::{future::Future, sync::Arc};
+
+use async_nats::service::{self, ServiceExt};
+use bytes::Bytes;
+use futures::StreamExt;
+use reno_model::{PullRequest, subject};
+use tokio::sync::Semaphore;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::history::{HistoryError, HistoryReader};
+
+/// Requests answered at once by one service instance.
+const MAX_CONCURRENT_REQUESTS: usize = 512;
+
+/// Why the pull service could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PullServiceError {
+    #[error("cannot start the pull service: {0}")]
+    Start(async_nats::Error),
+}
+
+/// Serves pull requests on `client` until `shutdown` completes.
+pub async fn run(client: async_nats::Client, shutdown: impl Future<Output = ()>) -> Result<(), PullServiceError> {
+    let service = client
+        .service_builder()
+        .description("reno pull: a member's notifications for a device type since a cursor")
+        .start(subject::PULL_SERVICE, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(PullServiceError::Start)?;
+    let mut endpoint = service
+        .endpoint_builder()
+        .name("pull")
+        .add(subject::PULL_SUBJECTS)
+        .await
+        .map_err(PullServiceError::Start)?;
+    let reader = HistoryReader::new(client.clone());
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    info!(subjects = subject::PULL_SUBJECTS, "pull service started");
+
+    tokio::pin!(shutdown);
+    loop {
+        let request = tokio::select! {
+            () = &mut shutdown => break,
+            request = endpoint.next() => match request {
+                Some(request) => request,
+                None => break,
+            },
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let reader = reader.clone();
+        let span = info_span!("pull", subject = %request.message.subject);
+        tokio::spawn(
+            async move {
+                let response = answer(&reader, &request).await;
+                if let Err(error) = request.respond(response).await {
+                    warn!(%error, "cannot send pull response");
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    // Let answers in flight finish before the connection goes.
+    let _ = permits.acquire_many(MAX_CONCURRENT_REQUESTS as u32).await;
+    let _ = client.flush().await;
+    info!("pull service stopped");
+    Ok(())
+}
+
+async fn answer(reader: &HistoryReader, request: &service::Request) -> Result<Bytes, service::error::Error> {
+    let bad_request = |status: String| service::error::Error { status, code: 400 };
+    let Some((member, device_type)) = subject::parse_pull_subject(request.message.subject.as_str()) else {
+        return Err(bad_request(
+            "subject is not reno.pull.<member>.<device_type> with tokens of ASCII letters, digits, '-' or '_'".into(),
+        ));
+    };
+    let pull = if request.message.payload.is_empty() {
+        PullRequest::default()
+    } else {
+        PullRequest::decode(&request.message.payload)
+            .map_err(|error| bad_request(format!("pull request: {error}; expected CBOR {{cursor, limit?}}")))?
+    };
+    match reader.page(&member, &device_type, pull).await {
+        Ok(page) => {
+            debug!(cursor = pull.cursor, count = page.notifications.len(), resync = page.resync, "page");
+            metrics::counter!("reno_pull_requests_total", "result" => "ok").increment(1);
+            Ok(Bytes::from(page.encode()))
+        }
+        Err(error) => {
+            warn!(%error, "pull failed");
+            metrics::counter!("reno_pull_requests_total", "result" => "error").increment(1);
+            let code = match error {
+                HistoryError::TimedOut => 504,
+                HistoryError::Unavailable(_) | HistoryError::Protocol(_) => 503,
+            };
+            Err(service::error::Error { status: error.to_string(), code })
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! What a worker process needs to know: where NATS is, the registry, which priorities it serves and
+//! how many events each may have in flight.
+
+use std::{sync::Arc, time::Duration};
+
+use reno_model::{Priority, Registry};
+
+/// The task pool of one priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Events of this priority handled at once by this process.
+    pub concurrency: usize,
+    /// OS threads of this priority's own tokio runtime.
+    pub threads: usize,
+}
+
+impl PoolConfig {
+    /// The defaults per priority: urgent traffic gets the widest pool.
+    pub fn default_for(priority: Priority) -> Self {
+        match priority {
+            Priority::High => PoolConfig { concurrency: 256, threads: 1 },
+            Priority::Normal => PoolConfig { concurrency: 256, threads: 1 },
+            Priority::Low => PoolConfig { concurrency: 64, threads: 1 },
+        }
+    }
+}
+
+/// Everything a worker process runs with.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// NATS server(s) of the hub, comma-separated.
+    pub nats_url: String,
+    /// The event types and their gates.
+    pub registry: Arc<Registry>,
+    /// The priorities this process serves, each with its task pool.
+    pub pools: Vec<(Priority, PoolConfig)>,
+    /// Deliveries of one event before a transient failure is taken as permanent and the event is
+    /// dead-lettered with its last error.
+    pub max_deliveries: i64,
+    /// Event ids remembered for dedup, per priority (the history bucket stays the authority; this
+    /// cache saves it the work for recent repeats).
+    pub dedup_capacity: u64,
+    /// How long an event id is remembered for dedup.
+    pub dedup_ttl: Duration,
+}
+
+impl WorkerConfig {
+    /// A worker serving every priority with default pools.
+    pub fn new(nats_url: impl Into<String>, registry: Arc<Registry>) -> Self {
+        WorkerConfig {
+            nats_url: nats_url.into(),
+            registry,
+            pools: Priority::ALL.into_iter().map(|priority| (priority, PoolConfig::default_for(priority))).collect(),
+            max_deliveries: 10,
+            dedup_capacity: 100_000,
+            dedup_ttl: Duration::from_secs(600),
+        }
+    }
+}

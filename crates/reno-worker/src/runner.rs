@@ -1,0 +1,166 @@
+//! Running the pipelines: each priority on its own OS threads with its own tokio runtime and its own
+//! NATS connection, pulling from the priority's durable consumer with a bounded number of events in
+//! flight. Shutdown stops the pulling, lets in-flight events finish, and returns.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::StreamExt;
+use reno_model::{Priority, subject};
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{
+    config::{PoolConfig, WorkerConfig},
+    pipeline::Pipeline,
+};
+
+/// Why a worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("priority {priority}: cannot connect to NATS at {url}: {source}")]
+    Connect { priority: Priority, url: String, source: async_nats::ConnectError },
+    #[error("priority {priority}: {what} is missing or unreachable ({source}); run `reno provision` first")]
+    Topology { priority: Priority, what: String, source: async_nats::Error },
+    #[error("priority {priority}: cannot start its runtime: {source}")]
+    Runtime { priority: Priority, source: std::io::Error },
+    #[error("priority {priority}: its pipeline stopped unexpectedly")]
+    Stopped { priority: Priority },
+}
+
+/// Runs the pipelines of every configured priority until `shutdown` completes, then drains them.
+/// Returns early with an error if a priority cannot start.
+pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    let (stop_sender, stop_receiver) = watch::channel(false);
+    let (done_sender, mut done_receiver) = mpsc::unbounded_channel();
+    let mut threads = Vec::new();
+    for (priority, pool) in config.pools.clone() {
+        let config = config.clone();
+        let stop = stop_receiver.clone();
+        let done = done_sender.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("reno-{priority}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(pool.threads.max(1))
+                    .thread_name(format!("reno-{priority}"))
+                    .enable_all()
+                    .build()
+                    .map_err(|source| WorkerError::Runtime { priority, source })
+                    .and_then(|runtime| runtime.block_on(run_priority(&config, priority, pool, stop)));
+                let _ = done.send((priority, result));
+            })
+            .map_err(|source| WorkerError::Runtime { priority, source })?;
+        threads.push(thread);
+    }
+    drop(done_sender);
+
+    tokio::pin!(shutdown);
+    let mut first_error = None;
+    tokio::select! {
+        () = &mut shutdown => {}
+        Some((priority, result)) = done_receiver.recv() => {
+            first_error = Some(result.err().unwrap_or(WorkerError::Stopped { priority }));
+        }
+    }
+    let _ = stop_sender.send(true);
+    while let Some((_, result)) = done_receiver.recv().await {
+        if let (Err(error), None) = (result, &first_error) {
+            first_error = Some(error);
+        }
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn run_priority(
+    config: &WorkerConfig,
+    priority: Priority,
+    pool: PoolConfig,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let span = info_span!("worker", %priority, stream = subject::priority_stream(priority), consumer = subject::WORKER_CONSUMER);
+    async move {
+        let client = reno_nats::connect(&config.nats_url, &format!("reno-worker-{priority}"))
+            .await
+            .map_err(|source| WorkerError::Connect { priority, url: config.nats_url.clone(), source })?;
+        let jetstream = jetstream::new(client.clone());
+        let topology = |what: String| move |source: async_nats::Error| WorkerError::Topology { priority, what, source };
+        let stream_name = subject::priority_stream(priority);
+        let stream = jetstream
+            .get_stream(&stream_name)
+            .await
+            .map_err(|error| topology(format!("stream {stream_name}"))(error.into()))?;
+        let consumer: PullConsumer = stream
+            .get_consumer(subject::WORKER_CONSUMER)
+            .await
+            .map_err(|error| topology(format!("consumer {}", subject::WORKER_CONSUMER))(error.into()))?;
+        let history = jetstream
+            .get_key_value(subject::HISTORY_BUCKET)
+            .await
+            .map_err(|error| topology(format!("bucket {}", subject::HISTORY_BUCKET))(error.into()))?;
+        let pipeline = Arc::new(Pipeline {
+            priority,
+            registry: config.registry.clone(),
+            client: client.clone(),
+            jetstream,
+            history,
+            delivered_ids: moka::sync::Cache::builder()
+                .max_capacity(config.dedup_capacity)
+                .time_to_live(config.dedup_ttl)
+                .build(),
+            max_deliveries: config.max_deliveries,
+        });
+        info!(concurrency = pool.concurrency, threads = pool.threads, "worker started");
+
+        while !*stop.borrow() {
+            let messages = match consumer
+                .stream()
+                .max_messages_per_batch(pool.concurrency.clamp(1, 1000))
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+            {
+                Ok(messages) => messages,
+                Err(error) => {
+                    warn!(%error, "cannot pull; retrying in 1 s");
+                    wait_or_stop(&mut stop, Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut stop_for_stream = stop.clone();
+            let stopped = async move {
+                let _ = stop_for_stream.wait_for(|stopped| *stopped).await;
+            };
+            messages
+                .take_until(stopped)
+                .for_each_concurrent(pool.concurrency.max(1), |message| {
+                    let pipeline = pipeline.clone();
+                    async move {
+                        match message {
+                            Ok(message) => pipeline.handle(message).await,
+                            // A missed heartbeat or a failed pull is not fatal: the stream goes on.
+                            Err(error) => warn!(%error, "pull stream error"),
+                        }
+                    }
+                })
+                .await;
+            if !*stop.borrow() {
+                warn!("pull stream ended; starting a new one");
+            }
+        }
+        // Acks are written to the connection's buffer; make sure they reach the server.
+        let _ = client.flush().await;
+        info!("worker stopped");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) {
+    let _ = tokio::time::timeout(delay, stop.wait_for(|stopped| *stopped)).await;
+}
