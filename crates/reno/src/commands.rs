@@ -62,11 +62,12 @@ async fn up(args: UpArgs) -> Result<()> {
     let stop = Shutdown::on_signal();
     let pull_client = reno_nats::connect(&nats_url, "reno-pull").await?;
     let pull = tokio::spawn(reno_pull::run(pull_client, stop.wait()));
+    let program = std::env::args().next().unwrap_or_else(|| "reno".into());
     println!("reno is running (Ctrl-C stops it)");
     println!("  services publish to  {nats_url}  subject reno.evt.<type>.<member>");
-    println!("      try: reno publish --type plan_changed --member m1 --payload '{{\"plan\":\"premium\"}}'");
+    println!("      try: {program} publish --type plan_changed --member m1 --payload '{{\"plan\":\"premium\"}}'");
     println!("  devices connect to   {}", args.websocket_url);
-    println!("      try: reno device --member m1 --device-type tv");
+    println!("      try: {program} device --member m1 --device-type tv");
     if let Some(address) = metrics {
         println!("  metrics              http://{address}/metrics");
     }

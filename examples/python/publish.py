@@ -1,0 +1,69 @@
+"""Publish one reno event from Python with the plain NATS client (nats-py) and a CBOR codec (cbor2).
+
+    python examples/python/publish.py --type plan_changed --member m1 --payload '{"plan": "premium"}'
+
+Exits 0 once JetStream has stored the event; exits 1 with the server's reason when it was refused
+(for example an event type that is not in the registry). See docs/protocol.md.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+
+import cbor2
+import nats
+from nats.js.errors import NoStreamResponseError
+
+
+async def publish(url, event_type, member, payload, event_id, targets, collapse_key):
+    envelope = {
+        "id": event_id,
+        "type": event_type,
+        "member": member,
+        "occurred_at_ms": int(time.time() * 1000),
+        "payload": payload,
+    }
+    if targets:
+        envelope["targets"] = targets
+    if collapse_key:
+        envelope["collapse_key"] = collapse_key
+    connection = await nats.connect(url)
+    try:
+        jetstream = connection.jetstream()
+        # The event id doubles as Nats-Msg-Id: a retry within two minutes is stored only once.
+        ack = await jetstream.publish(
+            f"reno.evt.{event_type}.{member}",
+            cbor2.dumps(envelope),
+            headers={"Nats-Msg-Id": event_id},
+        )
+        return ack
+    finally:
+        await connection.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="nats://127.0.0.1:4222")
+    parser.add_argument("--type", required=True)
+    parser.add_argument("--member", required=True)
+    parser.add_argument("--payload", default="null", help="JSON, sent as CBOR")
+    parser.add_argument("--id", default=None, help="event id; default: a new UUID")
+    parser.add_argument("--target", action="append", default=[], help="device type; repeatable")
+    parser.add_argument("--collapse-key", default=None)
+    args = parser.parse_args()
+    event_id = args.id or str(uuid.uuid4())
+    try:
+        ack = asyncio.run(
+            publish(args.url, args.type, args.member, json.loads(args.payload), event_id, args.target, args.collapse_key)
+        )
+    except NoStreamResponseError:
+        print(f"refused: no stream captures reno.evt.{args.type}.{args.member} (unknown event type?)", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps({"id": event_id, "stream": ack.stream, "sequence": ack.seq, "duplicate": bool(ack.duplicate)}))
+
+
+if __name__ == "__main__":
+    main()
