@@ -1,1 +1,11 @@
+//! Tests across crates, against real nats-servers started by the test kit from `nats/` and real
+//! `reno` processes: events go in as services send them (Rust API, CLI, Python) and come out where a
+//! device sees them (websocket push, pull). Nothing here is mocked.
 
+mod support;
+
+mod dead_letters;
+mod delivery;
+mod gates;
+mod pull;
+mod resilience;

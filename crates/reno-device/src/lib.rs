@@ -82,7 +82,8 @@ pub struct Device {
 }
 
 impl Device {
-    /// Connects, subscribes, and pulls everything after `config.cursor` before returning.
+    /// Connects, subscribes, and pulls everything after `config.cursor` (or leaves that owed to the
+    /// first `next` when the pull service does not answer yet).
     pub async fn connect(config: DeviceConfig) -> Result<Self, DeviceError> {
         let (missed_sender, missed) = mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()
@@ -114,7 +115,11 @@ impl Device {
             seen: BTreeSet::new(),
             ready: VecDeque::new(),
         };
-        device.catch_up().await?;
+        // The push subscription is in place, so nothing is missed from here on. If the pull service
+        // cannot answer yet, the catch-up stays owed and the first `next` tries again.
+        if let Err(error) = device.catch_up().await {
+            warn!(%error, "catch-up at connect failed; will retry");
+        }
         Ok(device)
     }
 

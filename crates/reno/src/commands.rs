@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use reno_device::{Device, DeviceConfig, DeviceEvent};
+use reno_device::{Device, DeviceConfig, DeviceError, DeviceEvent};
 use reno_model::{Envelope, EventId, Priority, Registry, Value};
 use reno_nats::{Publisher, Topology};
 use reno_worker::{PoolConfig, WorkerConfig};
@@ -160,8 +160,18 @@ async fn device(args: DeviceArgs) -> Result<()> {
     let mut stdout = std::io::stdout();
     while args.count.is_none_or(|count| printed < count) {
         let event = tokio::select! {
-            event = device.next() => event?,
+            event = device.next() => event,
             () = stop.wait() => break,
+        };
+        let event = match event {
+            Ok(event) => event,
+            // The device keeps its state: a pull that failed is tried again on the next call.
+            Err(error @ (DeviceError::Pull(_) | DeviceError::Refused { .. })) => {
+                tracing::warn!(%error, "retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
         };
         let line = match event {
             DeviceEvent::Notification(notification) => serde_json::to_value(&notification)?,

@@ -1,0 +1,113 @@
+//! Pull: a device that was offline gets exactly what it missed, in order, in pages; a cursor older
+//! than the retained history, or from a history that was reset, gets the resync signal.
+
+use std::collections::BTreeSet;
+
+use reno_device::DeviceEvent;
+use reno_model::{Value, subject};
+
+use crate::support::*;
+
+/// Publishes `count` events for `member` and waits until the worker has delivered them all.
+async fn publish_and_deliver(stack: &Stack, worker: usize, member: &str, count: usize) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for index in 0..count {
+        let update = event("viewing_activity", member, Value::Integer(index.into()));
+        stack.publisher().publish(&update).await.unwrap();
+        ids.insert(update.id.to_string());
+    }
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], count as u64).await;
+    ids
+}
+
+#[tokio::test]
+async fn an_offline_device_gets_exactly_what_it_missed_in_order() {
+    let mut stack = Stack::start().await;
+    let worker = stack.start_all().await;
+    let published = publish_and_deliver(&stack, worker, "frank", 250).await;
+
+    // Connected after the fact: everything comes by pull, in pages of 100, in history order.
+    let mut tv = stack.device("frank", "tv", 0).await;
+    let mut received = Vec::new();
+    for _ in 0..250 {
+        received.push(next_notification(&mut tv).await);
+    }
+    let seqs: Vec<u64> = received.iter().map(|notification| notification.seq).collect();
+    assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "in seq order: {seqs:?}");
+    let ids: BTreeSet<String> = received.iter().map(|notification| notification.id.to_string()).collect();
+    assert_eq!(ids, published);
+    assert_eq!(tv.cursor(), *seqs.last().unwrap());
+
+    // From a cursor in the middle: exactly the rest.
+    let page = stack.pull_page("frank", "tv", seqs[99], 1000).await;
+    let rest: Vec<u64> = page.notifications.iter().map(|notification| notification.seq).collect();
+    assert_eq!(rest, seqs[100..]);
+    assert!(!page.more && !page.resync);
+    assert_eq!(page.next_cursor, *seqs.last().unwrap());
+    // Paging: a small limit says there is more and where to go on.
+    let page = stack.pull_page("frank", "tv", 0, 10).await;
+    assert_eq!(page.notifications.len(), 10);
+    assert!(page.more);
+    assert_eq!(page.next_cursor, seqs[9]);
+
+    // While online, new events come by push, after the ones pulled.
+    let live = event("viewing_activity", "frank", text("live"));
+    stack.publisher().publish(&live).await.unwrap();
+    let notification = next_notification(&mut tv).await;
+    assert_eq!(notification.id, live.id);
+    assert!(notification.seq > *seqs.last().unwrap());
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_the_history_gets_the_resync_signal() {
+    let mut stack = Stack::start().await;
+    let worker = stack.start_all().await;
+    publish_and_deliver(&stack, worker, "grace", 20).await;
+    let page = stack.pull_page("grace", "tv", 0, 100).await;
+    let seqs: Vec<u64> = page.notifications.iter().map(|notification| notification.seq).collect();
+    assert_eq!(seqs.len(), 20);
+    assert!(!page.resync, "cursor 0 means from the start: no resync");
+
+    // Retention drops the oldest entries (done here by purging the history stream up to the
+    // tenth notification, exactly what max_age does over time).
+    let history = stack.jetstream.get_stream(format!("KV_{}", subject::HISTORY_BUCKET)).await.unwrap();
+    history.purge().sequence(seqs[10]).await.unwrap();
+
+    let page = stack.pull_page("grace", "tv", seqs[2], 100).await;
+    assert!(page.resync, "entries after the cursor are gone");
+    let kept: Vec<u64> = page.notifications.iter().map(|notification| notification.seq).collect();
+    assert_eq!(kept, seqs[10..]);
+    // A cursor at or after the retained start is fine.
+    assert!(!stack.pull_page("grace", "tv", seqs[10], 100).await.resync);
+
+    // The device SDK hands the signal to the app first, then what is still retained.
+    let mut tv = stack.device("grace", "tv", seqs[2]).await;
+    assert_eq!(within("resync", tv.next()).await.unwrap(), DeviceEvent::Resync);
+    assert_eq!(next_notification(&mut tv).await.seq, seqs[10]);
+}
+
+#[tokio::test]
+async fn a_cursor_from_a_reset_history_gets_the_resync_signal() {
+    let mut stack = Stack::start().await;
+    let worker = stack.start_all().await;
+    publish_and_deliver(&stack, worker, "heidi", 5).await;
+    let old_cursor = stack.pull_page("heidi", "tv", 0, 100).await.next_cursor;
+
+    // The history is lost and created anew (an operator recreated the bucket).
+    stack.jetstream.delete_key_value(subject::HISTORY_BUCKET).await.unwrap();
+    stack.provision(&[]);
+    let page = stack.pull_page("heidi", "tv", old_cursor, 100).await;
+    assert!(page.resync);
+    assert!(page.notifications.is_empty());
+}
+
+#[tokio::test]
+async fn the_pull_service_refuses_bad_requests_with_a_reason() {
+    let mut stack = Stack::start().await;
+    stack.start_pull_service().await;
+    let response = within("pull answer", stack.client.request("reno.pull.ivan.tv", "not cbor".into())).await.unwrap();
+    let headers = response.headers.expect("error headers");
+    assert_eq!(headers.get("Nats-Service-Error-Code").unwrap().as_str(), "400");
+    let reason = headers.get("Nats-Service-Error").unwrap().to_string();
+    assert!(reason.contains("expected CBOR {cursor, limit?}"), "{reason}");
+}

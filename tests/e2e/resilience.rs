@@ -1,0 +1,122 @@
+//! Under stress: a backlog in one priority never holds up another, a worker killed in the middle of
+//! a batch loses nothing, and moving a type to another priority loses no event.
+
+use std::collections::BTreeSet;
+
+use futures::{StreamExt, stream};
+use reno_model::{Value, subject};
+
+use crate::support::*;
+
+/// Publishes `count` events of one type as fast as JetStream takes them (acks awaited in windows).
+async fn flood(stack: &Stack, event_type: &str, member: &str, count: usize) -> BTreeSet<String> {
+    let envelopes: Vec<_> = (0..count).map(|index| event(event_type, member, Value::Integer(index.into()))).collect();
+    let ids = envelopes.iter().map(|envelope| envelope.id.to_string()).collect();
+    let subject = subject::event_subject(&envelopes[0].event_type, &envelopes[0].member);
+    stream::iter(envelopes)
+        .map(|envelope| {
+            let jetstream = stack.jetstream.clone();
+            let subject = subject.clone();
+            async move { jetstream.publish(subject, envelope.encode().into()).await.unwrap().await.unwrap() }
+        })
+        .buffer_unordered(512)
+        .collect::<Vec<_>>()
+        .await;
+    ids
+}
+
+async fn pending(stack: &Stack, priority_stream: &str) -> u64 {
+    let stream = stack.jetstream.get_stream(priority_stream).await.unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(subject::WORKER_CONSUMER).await.unwrap();
+    let info = consumer.info().await.unwrap();
+    info.num_pending + info.num_ack_pending as u64
+}
+
+#[tokio::test]
+async fn heavy_a_low_backlog_never_delays_a_high_event() {
+    let mut stack = Stack::start().await;
+    stack.start_pull_service().await;
+    // The low pool is throttled to one event at a time, so its backlog lasts.
+    stack.start_worker(&["--concurrency", "low=1"]);
+    flood(&stack, "diagnostics_requested", "bulk", 20_000).await;
+    let mut tv = stack.device("vip", "tv", 0).await;
+
+    let urgent = event("profile_maturity_changed", "vip", text("kids profile"));
+    stack.publisher().publish(&urgent).await.unwrap();
+    assert_eq!(next_notification(&mut tv).await.id, urgent.id);
+    // The urgent event was delivered while the low stream still had most of its backlog.
+    let low_backlog = pending(&stack, "RENO_LOW").await;
+    assert!(low_backlog > 10_000, "low backlog was {low_backlog}: the high event did not overtake it");
+}
+
+#[tokio::test]
+async fn heavy_killing_a_worker_mid_batch_loses_nothing() {
+    // A short ack wait, so that what the killed worker held is redelivered soon.
+    let mut stack = Stack::start_with(None, &["--ack-wait-secs", "2"]).await;
+    stack.start_pull_service().await;
+    let mut mobile = stack.device("kim", "mobile", 0).await;
+    let first = stack.start_worker(&["--priority", "normal", "--concurrency", "normal=16"]);
+    let published = flood(&stack, "my_list_updated", "kim", 3000).await;
+
+    let mut received = BTreeSet::new();
+    while received.len() < 300 {
+        received.insert(next_notification(&mut mobile).await.id.to_string());
+    }
+    stack.process(first).signal("KILL").unwrap();
+    let backlog = pending(&stack, "RENO_NORMAL").await;
+    assert!(backlog > 0, "the first worker finished everything before it was killed");
+
+    let second = stack.start_worker(&["--priority", "normal"]);
+    while received.len() < published.len() {
+        received.insert(next_notification(&mut mobile).await.id.to_string());
+    }
+    assert_eq!(received, published);
+    stack.wait_for_counter(second, "reno_worker_events_total", &[("outcome", "delivered")], 1).await;
+    eventually("the stream is worked off", || async { pending(&stack, "RENO_NORMAL").await == 0 }).await;
+    // Every one of them is in the history exactly once.
+    let mut in_history = BTreeSet::new();
+    let mut cursor = 0;
+    loop {
+        let page = stack.pull_page("kim", "mobile", cursor, 1000).await;
+        in_history.extend(page.notifications.iter().map(|notification| notification.id.to_string()));
+        cursor = page.next_cursor;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(in_history, published);
+}
+
+const LOW_REGISTRY: &str = r#"
+device_types = ["tv"]
+[types.moving]
+priority = "low"
+stale_after_secs = 3600
+[types.staying]
+priority = "high"
+stale_after_secs = 3600
+"#;
+
+#[tokio::test]
+async fn moving_a_type_to_another_priority_loses_no_event() {
+    let mut stack = Stack::start_with(Some(LOW_REGISTRY), &[]).await;
+    let before = flood(&stack, "moving", "lee", 50).await;
+
+    stack.rewrite_registry(&LOW_REGISTRY.replace("priority = \"low\"", "priority = \"high\""));
+    stack.provision(&[]);
+    let mut high = stack.jetstream.get_stream("RENO_HIGH").await.unwrap();
+    assert!(high.info().await.unwrap().config.subjects.contains(&"reno.evt.moving.*".to_owned()));
+    let mut low = stack.jetstream.get_stream("RENO_LOW").await.unwrap();
+    assert_eq!(low.info().await.unwrap().state.messages, 50, "the low stream keeps what it had");
+    let after = flood(&stack, "moving", "lee", 50).await;
+    assert_eq!(high.info().await.unwrap().state.messages, 50, "new events go to the high stream");
+
+    stack.start_all().await;
+    let mut tv = stack.device("lee", "tv", 0).await;
+    let mut received = BTreeSet::new();
+    while received.len() < 100 {
+        received.insert(next_notification(&mut tv).await.id.to_string());
+    }
+    assert_eq!(received, before.union(&after).cloned().collect());
+}

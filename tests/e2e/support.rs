@@ -1,0 +1,247 @@
+//! The stack a test runs against: a nats-server from `nats/dev.conf`, the topology provisioned by
+//! `reno provision`, `reno worker` and `reno pull-service` processes, and helpers to publish, watch
+//! as a device and read the workers' metrics.
+
+use std::{
+    future::Future,
+    net::TcpListener,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use async_nats::jetstream;
+use reno_device::{Device, DeviceConfig, DeviceEvent};
+use reno_model::{DeviceType, Envelope, EventId, EventType, MemberId, Notification, PullPage, PullRequest, Value};
+use reno_nats::Publisher;
+use reno_testkit::{NatsServer, Process, repo_root};
+
+/// How long a test waits for something that should happen before calling it hung. A guard against
+/// hangs, not a speed assertion: speed is measured in loadtest/, not here.
+pub const PATIENCE: Duration = Duration::from_secs(45);
+
+pub struct Stack {
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub jetstream: jetstream::Context,
+    /// The registry the reno processes of this test use.
+    registry: PathBuf,
+    /// Holds a test's own registry file, if it has one.
+    _registry_dir: Option<tempfile::TempDir>,
+    /// Running `reno` processes with the metrics port of each (0 for none).
+    processes: Vec<(Process, u16)>,
+}
+
+impl Stack {
+    /// A server provisioned with the shipped registry.
+    pub async fn start() -> Stack {
+        Self::start_with(None, &[]).await
+    }
+
+    /// A server provisioned with the given registry text (or the shipped one) and extra
+    /// `reno provision` flags.
+    pub async fn start_with(registry: Option<&str>, provision_flags: &[&str]) -> Stack {
+        let nats = NatsServer::start().expect("nats-server starts");
+        let client = async_nats::connect(nats.client_url()).await.expect("connect to nats-server");
+        let jetstream = jetstream::new(client.clone());
+        let (registry_path, registry_dir) = match registry {
+            None => (repo_root().join("registry/events.toml"), None),
+            Some(text) => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("events.toml");
+                std::fs::write(&path, text).unwrap();
+                (path, Some(dir))
+            }
+        };
+        let stack = Stack { nats, client, jetstream, registry: registry_path, _registry_dir: registry_dir, processes: vec![] };
+        stack.provision(provision_flags);
+        stack
+    }
+
+    /// A `reno` command aimed at this stack's server and registry.
+    pub fn reno(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_reno"));
+        command
+            .args(args)
+            .env("RENO_NATS_URL", self.nats.client_url())
+            .env("RENO_WEBSOCKET_URL", self.nats.websocket_url())
+            .env("RENO_REGISTRY", &self.registry)
+            .env("RENO_LOG", "info,reno_worker=debug");
+        command
+    }
+
+    /// Runs `reno provision` (again) with this stack's registry.
+    pub fn provision(&self, flags: &[&str]) {
+        let mut args = vec!["provision"];
+        args.extend_from_slice(flags);
+        let output = self.reno(&args).output().expect("run reno provision");
+        assert!(output.status.success(), "reno provision failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Replaces the registry file the next reno processes and provisioning read.
+    pub fn rewrite_registry(&self, text: &str) {
+        assert!(self._registry_dir.is_some(), "only a test's own registry can be rewritten");
+        std::fs::write(&self.registry, text).unwrap();
+    }
+
+    /// Starts `reno worker` with extra flags; returns its index for [`Stack::counter`] and signals.
+    pub fn start_worker(&mut self, flags: &[&str]) -> usize {
+        let port = free_port();
+        let metrics = format!("127.0.0.1:{port}");
+        let mut args = vec!["worker", "--metrics-addr", &metrics];
+        args.extend_from_slice(flags);
+        let process = Process::spawn(self.reno(&args)).expect("start reno worker");
+        self.processes.push((process, port));
+        self.processes.len() - 1
+    }
+
+    /// Starts `reno pull-service` and waits until it answers the NATS service API's ping.
+    pub async fn start_pull_service(&mut self) {
+        let process = Process::spawn(self.reno(&["pull-service"])).expect("start reno pull-service");
+        self.processes.push((process, 0));
+        let ping = format!("$SRV.PING.{}", reno_model::subject::PULL_SERVICE);
+        eventually("the pull service answers a ping", || async { self.client.request(ping.clone(), "".into()).await.is_ok() })
+            .await;
+    }
+
+    /// Starts the pull service and a worker for every priority.
+    pub async fn start_all(&mut self) -> usize {
+        self.start_pull_service().await;
+        self.start_worker(&[])
+    }
+
+    pub fn process(&self, index: usize) -> &Process {
+        &self.processes[index].0
+    }
+
+    /// One counter of a worker's metrics (0 while it has not been counted yet).
+    pub async fn counter(&self, worker: usize, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let port = self.processes[worker].1;
+        let text = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
+        sum_counter(&text, name, labels)
+    }
+
+    /// Waits until a worker's counter reaches `at_least`.
+    pub async fn wait_for_counter(&self, worker: usize, name: &str, labels: &[(&str, &str)], at_least: u64) {
+        let started = Instant::now();
+        while self.counter(worker, name, labels).await < at_least {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{name}{labels:?} did not reach {at_least} in {PATIENCE:?}; output:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.client.clone())
+    }
+
+    /// A device over the server's websocket listener, caught up from `cursor`.
+    pub async fn device(&self, member: &str, device_type: &str, cursor: u64) -> Device {
+        let mut config = DeviceConfig::new(self.nats.websocket_url(), member_id(member), device(device_type));
+        config.cursor = cursor;
+        within("device connects", Device::connect(config)).await.expect("device connects")
+    }
+
+    /// One page of history by a raw request on the pull subject, as any NATS client would send it.
+    pub async fn pull_page(&self, member: &str, device_type: &str, cursor: u64, limit: u32) -> PullPage {
+        let request = PullRequest { cursor, limit: Some(limit) };
+        let subject = reno_model::subject::pull_subject(&member_id(member), &device(device_type));
+        let response = within("pull answer", self.client.request(subject, request.encode().into()))
+            .await
+            .expect("pull service answers");
+        PullPage::decode(&response.payload).expect("a pull page")
+    }
+
+    /// Everything a worker and the server said, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for (process, _) in &self.processes {
+            text.push_str(&process.output());
+        }
+        text
+    }
+}
+
+/// An event of `event_type` for `member` with a fresh id.
+pub fn event(event_type: &str, member: &str, payload: Value) -> Envelope {
+    Envelope {
+        id: EventId::new(nuid::next().to_string()).unwrap(),
+        event_type: EventType::new(event_type).unwrap(),
+        member: member_id(member),
+        occurred_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64,
+        payload,
+        targets: None,
+        collapse_key: None,
+    }
+}
+
+pub fn member_id(member: &str) -> MemberId {
+    MemberId::new(member).unwrap()
+}
+
+pub fn device(device_type: &str) -> DeviceType {
+    DeviceType::new(device_type).unwrap()
+}
+
+pub fn text(value: &str) -> Value {
+    Value::Text(value.to_owned())
+}
+
+/// The next notification a device hands out (a resync signal fails the test).
+pub async fn next_notification(device: &mut Device) -> Notification {
+    match within("next notification", device.next()).await.expect("device stream") {
+        DeviceEvent::Notification(notification) => notification,
+        DeviceEvent::Resync => panic!("unexpected resync"),
+    }
+}
+
+/// Runs `future` or fails the test if it hangs.
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what}: nothing after {PATIENCE:?}"),
+    }
+}
+
+/// Polls `condition` until it holds, or fails the test if it never does.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < PATIENCE, "{what}: still not true after {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET /metrics over a plain TCP connection; empty while the exporter is not up yet.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+/// Sums the samples of a Prometheus counter whose labels include all of `labels`.
+fn sum_counter(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| labels.iter().all(|(key, value)| line.contains(&format!("{key}=\"{value}\""))))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|value| value as u64)
+        .sum()
+}
