@@ -23,7 +23,10 @@ pub enum PullServiceError {
 }
 
 /// Serves pull requests on `client` until `shutdown` completes.
-pub async fn run(client: async_nats::Client, shutdown: impl Future<Output = ()>) -> Result<(), PullServiceError> {
+pub async fn run(
+    client: async_nats::Client,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), PullServiceError> {
     let service = client
         .service_builder()
         .description("reno pull: a member's notifications for a device type since a cursor")
@@ -49,7 +52,9 @@ pub async fn run(client: async_nats::Client, shutdown: impl Future<Output = ()>)
                 None => break,
             },
         };
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
         let reader = reader.clone();
         let span = info_span!("pull", subject = %request.message.subject);
         tokio::spawn(
@@ -70,9 +75,13 @@ pub async fn run(client: async_nats::Client, shutdown: impl Future<Output = ()>)
     Ok(())
 }
 
-async fn answer(reader: &HistoryReader, request: &service::Request) -> Result<Bytes, service::error::Error> {
+async fn answer(
+    reader: &HistoryReader,
+    request: &service::Request,
+) -> Result<Bytes, service::error::Error> {
     let bad_request = |status: String| service::error::Error { status, code: 400 };
-    let Some((member, device_type)) = subject::parse_pull_subject(request.message.subject.as_str()) else {
+    let Some((member, device_type)) = subject::parse_pull_subject(request.message.subject.as_str())
+    else {
         return Err(bad_request(
             "subject is not reno.pull.<member>.<device_type> with tokens of ASCII letters, digits, '-' or '_'".into(),
         ));
@@ -80,12 +89,20 @@ async fn answer(reader: &HistoryReader, request: &service::Request) -> Result<By
     let pull = if request.message.payload.is_empty() {
         PullRequest::default()
     } else {
-        PullRequest::decode(&request.message.payload)
-            .map_err(|error| bad_request(format!("pull request: {error}; expected CBOR {{cursor, limit?}}")))?
+        PullRequest::decode(&request.message.payload).map_err(|error| {
+            bad_request(format!(
+                "pull request: {error}; expected CBOR {{cursor, limit?}}"
+            ))
+        })?
     };
     match reader.page(&member, &device_type, pull).await {
         Ok(page) => {
-            debug!(cursor = pull.cursor, count = page.notifications.len(), resync = page.resync, "page");
+            debug!(
+                cursor = pull.cursor,
+                count = page.notifications.len(),
+                resync = page.resync,
+                "page"
+            );
             metrics::counter!("reno_pull_requests_total", "result" => "ok").increment(1);
             Ok(Bytes::from(page.encode()))
         }
@@ -96,7 +113,10 @@ async fn answer(reader: &HistoryReader, request: &service::Request) -> Result<By
                 HistoryError::TimedOut => 504,
                 HistoryError::Unavailable(_) | HistoryError::Protocol(_) => 503,
             };
-            Err(service::error::Error { status: error.to_string(), code })
+            Err(service::error::Error {
+                status: error.to_string(),
+                code,
+            })
         }
     }
 }

@@ -18,9 +18,18 @@ impl PoolConfig {
     /// The defaults per priority: urgent traffic gets the widest pool.
     pub fn default_for(priority: Priority) -> Self {
         match priority {
-            Priority::High => PoolConfig { concurrency: 256, threads: 1 },
-            Priority::Normal => PoolConfig { concurrency: 256, threads: 1 },
-            Priority::Low => PoolConfig { concurrency: 64, threads: 1 },
+            Priority::High => PoolConfig {
+                concurrency: 256,
+                threads: 1,
+            },
+            Priority::Normal => PoolConfig {
+                concurrency: 256,
+                threads: 1,
+            },
+            Priority::Low => PoolConfig {
+                concurrency: 64,
+                threads: 1,
+            },
         }
     }
 }
@@ -50,7 +59,10 @@ impl WorkerConfig {
         WorkerConfig {
             nats_url: nats_url.into(),
             registry,
-            pools: Priority::ALL.into_iter().map(|priority| (priority, PoolConfig::default_for(priority))).collect(),
+            pools: Priority::ALL
+                .into_iter()
+                .map(|priority| (priority, PoolConfig::default_for(priority)))
+                .collect(),
             max_deliveries: 10,
             dedup_capacity: 100_000,
             dedup_ttl: Duration::from_secs(600),

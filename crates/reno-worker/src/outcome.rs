@@ -42,15 +42,19 @@ impl Outcome {
 }
 
 pub(crate) fn count_received(priority: Priority) {
-    metrics::counter!(EVENTS_METRIC, "priority" => priority.as_str(), "outcome" => "received").increment(1);
+    metrics::counter!(EVENTS_METRIC, "priority" => priority.as_str(), "outcome" => "received")
+        .increment(1);
 }
 
 pub(crate) fn count(priority: Priority, outcome: Outcome, seconds_since_published: f64) {
-    metrics::counter!(EVENTS_METRIC, "priority" => priority.as_str(), "outcome" => outcome.label()).increment(1);
+    metrics::counter!(EVENTS_METRIC, "priority" => priority.as_str(), "outcome" => outcome.label())
+        .increment(1);
     if let Outcome::DeadLettered(reason) = outcome {
-        metrics::counter!(DEAD_LETTERS_METRIC, "priority" => priority.as_str(), "reason" => reason).increment(1);
+        metrics::counter!(DEAD_LETTERS_METRIC, "priority" => priority.as_str(), "reason" => reason)
+            .increment(1);
     }
     if outcome == Outcome::Delivered {
-        metrics::histogram!(LATENCY_METRIC, "priority" => priority.as_str()).record(seconds_since_published);
+        metrics::histogram!(LATENCY_METRIC, "priority" => priority.as_str())
+            .record(seconds_since_published);
     }
 }

@@ -14,7 +14,9 @@ use reno_worker::{PoolConfig, WorkerConfig};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::cli::{Cli, Command, DeviceArgs, ProvisionArgs, PublishArgs, RunArgs, UpArgs, WorkerArgs};
+use crate::cli::{
+    Cli, Command, DeviceArgs, ProvisionArgs, PublishArgs, RunArgs, UpArgs, WorkerArgs,
+};
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -65,7 +67,9 @@ async fn up(args: UpArgs) -> Result<()> {
     let program = std::env::args().next().unwrap_or_else(|| "reno".into());
     println!("reno is running (Ctrl-C stops it)");
     println!("  services publish to  {nats_url}  subject reno.evt.<type>.<member>");
-    println!("      try: {program} publish --type plan_changed --member m1 --payload '{{\"plan\":\"premium\"}}'");
+    println!(
+        "      try: {program} publish --type plan_changed --member m1 --payload '{{\"plan\":\"premium\"}}'"
+    );
     println!("  devices connect to   {}", args.websocket_url);
     println!("      try: {program} device --member m1 --device-type tv");
     if let Some(address) = metrics {
@@ -81,12 +85,18 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     let registry = load_registry(&args.registry.registry)?;
     let mut config = WorkerConfig::new(args.connect.nats_url.clone(), registry);
     config.max_deliveries = args.max_deliveries.max(1);
-    let priorities = if args.priorities.is_empty() { Priority::ALL.to_vec() } else { args.priorities.clone() };
+    let priorities = if args.priorities.is_empty() {
+        Priority::ALL.to_vec()
+    } else {
+        args.priorities.clone()
+    };
     config.pools = priorities
         .into_iter()
         .map(|priority| {
             let mut pool = PoolConfig::default_for(priority);
-            if let Some((_, concurrency)) = args.concurrency.iter().rev().find(|(p, _)| *p == priority) {
+            if let Some((_, concurrency)) =
+                args.concurrency.iter().rev().find(|(p, _)| *p == priority)
+            {
                 pool.concurrency = *concurrency;
             }
             if let Some((_, threads)) = args.threads.iter().rev().find(|(p, _)| *p == priority) {
@@ -110,12 +120,16 @@ async fn run_worker(config: WorkerConfig, run: &RunArgs, stop: &Shutdown) -> Res
     }
     match tokio::time::timeout(grace, worker).await {
         Ok(result) => Ok(result?),
-        Err(_) => bail!("in-flight events did not finish within {grace:?}; they will be redelivered"),
+        Err(_) => {
+            bail!("in-flight events did not finish within {grace:?}; they will be redelivered")
+        }
     }
 }
 
 fn start_metrics(run: &RunArgs) -> Result<Option<std::net::SocketAddr>> {
-    let Some(address) = run.metrics_addr.0 else { return Ok(None) };
+    let Some(address) = run.metrics_addr.0 else {
+        return Ok(None);
+    };
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(address)
         .install()
@@ -124,9 +138,12 @@ fn start_metrics(run: &RunArgs) -> Result<Option<std::net::SocketAddr>> {
 }
 
 async fn publish(args: PublishArgs) -> Result<()> {
-    let json: serde_json::Value = serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+    let json: serde_json::Value =
+        serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
     let envelope = Envelope {
-        id: args.id.unwrap_or_else(|| EventId::new(nuid::next().to_string()).expect("a nuid is a safe token")),
+        id: args.id.unwrap_or_else(|| {
+            EventId::new(nuid::next().to_string()).expect("a nuid is a safe token")
+        }),
         event_type: args.event_type,
         member: args.member,
         occurred_at_ms: args.occurred_at_ms.unwrap_or_else(now_ms),
@@ -185,7 +202,9 @@ async fn device(args: DeviceArgs) -> Result<()> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Completes once SIGINT or SIGTERM arrives; any number of tasks can wait on it.
@@ -196,8 +215,9 @@ impl Shutdown {
     fn on_signal() -> Self {
         let (sender, receiver) = watch::channel(false);
         tokio::spawn(async move {
-            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = terminate.recv() => {}
