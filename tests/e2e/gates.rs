@@ -38,39 +38,12 @@ async fn a_stale_event_is_dropped_and_counted() {
     let fresh = event("lasting", "carol", text("in time"));
     stack.publisher().publish(&fresh).await.unwrap();
 
-    stack
-        .wait_for_counter(
-            worker,
-            "reno_worker_events_total",
-            &[("outcome", "delivered")],
-            1,
-        )
-        .await;
-    stack
-        .wait_for_counter(
-            worker,
-            "reno_worker_events_total",
-            &[("outcome", "stale")],
-            1,
-        )
-        .await;
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 1).await;
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "stale")], 1).await;
     let page = stack.pull_page("carol", "tv", 0, 100).await;
-    let ids: Vec<_> = page
-        .notifications
-        .iter()
-        .map(|notification| notification.id.clone())
-        .collect();
+    let ids: Vec<_> = page.notifications.iter().map(|notification| notification.id.clone()).collect();
     assert_eq!(ids, [fresh.id]);
-    assert_eq!(
-        stack
-            .counter(
-                worker,
-                "reno_worker_events_total",
-                &[("outcome", "received")]
-            )
-            .await,
-        2
-    );
+    assert_eq!(stack.counter(worker, "reno_worker_events_total", &[("outcome", "received")]).await, 2);
 }
 
 #[tokio::test]
@@ -85,13 +58,7 @@ async fn a_repeated_event_id_is_delivered_once() {
     let repeated = event("lasting", "dave", text("once"));
     let subject = reno_model::subject::event_subject(&repeated.event_type, &repeated.member);
     for _ in 0..2 {
-        stack
-            .jetstream
-            .publish(subject.clone(), repeated.encode().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        stack.jetstream.publish(subject.clone(), repeated.encode().into()).await.unwrap().await.unwrap();
     }
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", repeated.id.as_str());
@@ -103,38 +70,12 @@ async fn a_repeated_event_id_is_delivered_once() {
         .await
         .unwrap();
     let again = stack.publisher().publish(&repeated).await.unwrap();
-    assert!(
-        again.duplicate,
-        "JetStream drops a repeat with the same Nats-Msg-Id"
-    );
+    assert!(again.duplicate, "JetStream drops a repeat with the same Nats-Msg-Id");
 
     // Three copies reached the worker: one delivered, two counted as duplicates.
-    stack
-        .wait_for_counter(
-            worker,
-            "reno_worker_events_total",
-            &[("outcome", "duplicate")],
-            2,
-        )
-        .await;
-    stack
-        .wait_for_counter(
-            worker,
-            "reno_worker_events_total",
-            &[("outcome", "delivered")],
-            1,
-        )
-        .await;
-    assert_eq!(
-        stack
-            .counter(
-                worker,
-                "reno_worker_events_total",
-                &[("outcome", "received")]
-            )
-            .await,
-        3
-    );
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "duplicate")], 2).await;
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 1).await;
+    assert_eq!(stack.counter(worker, "reno_worker_events_total", &[("outcome", "received")]).await, 3);
     let sentinel = event("lasting", "dave", text("after"));
     stack.publisher().publish(&sentinel).await.unwrap();
     assert_eq!(next_notification(&mut tv).await.id, repeated.id);
@@ -164,35 +105,16 @@ async fn a_collapsing_type_keeps_only_the_latest_in_history() {
 
     let worker = stack.start_worker(&[]);
     eventually("all four handled", || async {
-        let delivered = stack
-            .counter(
-                worker,
-                "reno_worker_events_total",
-                &[("outcome", "delivered")],
-            )
-            .await;
-        let collapsed = stack
-            .counter(
-                worker,
-                "reno_worker_events_total",
-                &[("outcome", "collapsed")],
-            )
-            .await;
+        let delivered = stack.counter(worker, "reno_worker_events_total", &[("outcome", "delivered")]).await;
+        let collapsed = stack.counter(worker, "reno_worker_events_total", &[("outcome", "collapsed")]).await;
         delivered + collapsed == 4
     })
     .await;
     for device_type in ["tv", "mobile"] {
         let page = stack.pull_page("erin", device_type, 0, 100).await;
-        let mut payloads: Vec<Value> = page
-            .notifications
-            .into_iter()
-            .map(|notification| notification.payload)
-            .collect();
+        let mut payloads: Vec<Value> =
+            page.notifications.into_iter().map(|notification| notification.payload).collect();
         payloads.sort_by_key(|payload| format!("{payload:?}"));
-        assert_eq!(
-            payloads,
-            [text("household"), text("premium")],
-            "{device_type}"
-        );
+        assert_eq!(payloads, [text("household"), text("premium")], "{device_type}");
     }
 }

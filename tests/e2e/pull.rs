@@ -9,12 +9,7 @@ use reno_model::{Value, subject};
 use crate::support::*;
 
 /// Publishes `count` events for `member` and waits until the worker has delivered them all.
-async fn publish_and_deliver(
-    stack: &Stack,
-    worker: usize,
-    member: &str,
-    count: usize,
-) -> BTreeSet<String> {
+async fn publish_and_deliver(stack: &Stack, worker: usize, member: &str, count: usize) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
     for index in 0..count {
         let update = event("viewing_activity", member, Value::Integer(index.into()));
@@ -22,12 +17,7 @@ async fn publish_and_deliver(
         ids.insert(update.id.to_string());
     }
     stack
-        .wait_for_counter(
-            worker,
-            "reno_worker_events_total",
-            &[("outcome", "delivered")],
-            count as u64,
-        )
+        .wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], count as u64)
         .await;
     ids
 }
@@ -44,28 +34,15 @@ async fn an_offline_device_gets_exactly_what_it_missed_in_order() {
     for _ in 0..250 {
         received.push(next_notification(&mut tv).await);
     }
-    let seqs: Vec<u64> = received
-        .iter()
-        .map(|notification| notification.seq)
-        .collect();
-    assert!(
-        seqs.windows(2).all(|pair| pair[0] < pair[1]),
-        "in seq order: {seqs:?}"
-    );
-    let ids: BTreeSet<String> = received
-        .iter()
-        .map(|notification| notification.id.to_string())
-        .collect();
+    let seqs: Vec<u64> = received.iter().map(|notification| notification.seq).collect();
+    assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "in seq order: {seqs:?}");
+    let ids: BTreeSet<String> = received.iter().map(|notification| notification.id.to_string()).collect();
     assert_eq!(ids, published);
     assert_eq!(tv.cursor(), *seqs.last().unwrap());
 
     // From a cursor in the middle: exactly the rest.
     let page = stack.pull_page("frank", "tv", seqs[99], 1000).await;
-    let rest: Vec<u64> = page
-        .notifications
-        .iter()
-        .map(|notification| notification.seq)
-        .collect();
+    let rest: Vec<u64> = page.notifications.iter().map(|notification| notification.seq).collect();
     assert_eq!(rest, seqs[100..]);
     assert!(!page.more && !page.resync);
     assert_eq!(page.next_cursor, *seqs.last().unwrap());
@@ -89,40 +66,25 @@ async fn a_cursor_older_than_the_history_gets_the_resync_signal() {
     let worker = stack.start_all().await;
     publish_and_deliver(&stack, worker, "grace", 20).await;
     let page = stack.pull_page("grace", "tv", 0, 100).await;
-    let seqs: Vec<u64> = page
-        .notifications
-        .iter()
-        .map(|notification| notification.seq)
-        .collect();
+    let seqs: Vec<u64> = page.notifications.iter().map(|notification| notification.seq).collect();
     assert_eq!(seqs.len(), 20);
     assert!(!page.resync, "cursor 0 means from the start: no resync");
 
     // Retention drops the oldest entries (done here by purging the history stream up to the
     // tenth notification, exactly what max_age does over time).
-    let history = stack
-        .jetstream
-        .get_stream(format!("KV_{}", subject::HISTORY_BUCKET))
-        .await
-        .unwrap();
+    let history = stack.jetstream.get_stream(format!("KV_{}", subject::HISTORY_BUCKET)).await.unwrap();
     history.purge().sequence(seqs[10]).await.unwrap();
 
     let page = stack.pull_page("grace", "tv", seqs[2], 100).await;
     assert!(page.resync, "entries after the cursor are gone");
-    let kept: Vec<u64> = page
-        .notifications
-        .iter()
-        .map(|notification| notification.seq)
-        .collect();
+    let kept: Vec<u64> = page.notifications.iter().map(|notification| notification.seq).collect();
     assert_eq!(kept, seqs[10..]);
     // A cursor at or after the retained start is fine.
     assert!(!stack.pull_page("grace", "tv", seqs[10], 100).await.resync);
 
     // The device SDK hands the signal to the app first, then what is still retained.
     let mut tv = stack.device("grace", "tv", seqs[2]).await;
-    assert_eq!(
-        within("resync", tv.next()).await.unwrap(),
-        DeviceEvent::Resync
-    );
+    assert_eq!(within("resync", tv.next()).await.unwrap(), DeviceEvent::Resync);
     assert_eq!(next_notification(&mut tv).await.seq, seqs[10]);
 }
 
@@ -134,11 +96,7 @@ async fn a_cursor_from_a_reset_history_gets_the_resync_signal() {
     let old_cursor = stack.pull_page("heidi", "tv", 0, 100).await.next_cursor;
 
     // The history is lost and created anew (an operator recreated the bucket).
-    stack
-        .jetstream
-        .delete_key_value(subject::HISTORY_BUCKET)
-        .await
-        .unwrap();
+    stack.jetstream.delete_key_value(subject::HISTORY_BUCKET).await.unwrap();
     stack.provision(&[]);
     let page = stack.pull_page("heidi", "tv", old_cursor, 100).await;
     assert!(page.resync);
@@ -149,20 +107,10 @@ async fn a_cursor_from_a_reset_history_gets_the_resync_signal() {
 async fn the_pull_service_refuses_bad_requests_with_a_reason() {
     let mut stack = Stack::start().await;
     stack.start_pull_service().await;
-    let response = within(
-        "pull answer",
-        stack.client.request("reno.pull.ivan.tv", "not cbor".into()),
-    )
-    .await
-    .unwrap();
+    let response =
+        within("pull answer", stack.client.request("reno.pull.ivan.tv", "not cbor".into())).await.unwrap();
     let headers = response.headers.expect("error headers");
-    assert_eq!(
-        headers.get("Nats-Service-Error-Code").unwrap().as_str(),
-        "400"
-    );
+    assert_eq!(headers.get("Nats-Service-Error-Code").unwrap().as_str(), "400");
     let reason = headers.get("Nats-Service-Error").unwrap().to_string();
-    assert!(
-        reason.contains("expected CBOR {cursor, limit?}"),
-        "{reason}"
-    );
+    assert!(reason.contains("expected CBOR {cursor, limit?}"), "{reason}");
 }

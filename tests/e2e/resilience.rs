@@ -10,26 +10,15 @@ use crate::support::*;
 
 /// Publishes `count` events of one type as fast as JetStream takes them (acks awaited in windows).
 async fn flood(stack: &Stack, event_type: &str, member: &str, count: usize) -> BTreeSet<String> {
-    let envelopes: Vec<_> = (0..count)
-        .map(|index| event(event_type, member, Value::Integer(index.into())))
-        .collect();
-    let ids = envelopes
-        .iter()
-        .map(|envelope| envelope.id.to_string())
-        .collect();
+    let envelopes: Vec<_> =
+        (0..count).map(|index| event(event_type, member, Value::Integer(index.into()))).collect();
+    let ids = envelopes.iter().map(|envelope| envelope.id.to_string()).collect();
     let subject = subject::event_subject(&envelopes[0].event_type, &envelopes[0].member);
     stream::iter(envelopes)
         .map(|envelope| {
             let jetstream = stack.jetstream.clone();
             let subject = subject.clone();
-            async move {
-                jetstream
-                    .publish(subject, envelope.encode().into())
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap()
-            }
+            async move { jetstream.publish(subject, envelope.encode().into()).await.unwrap().await.unwrap() }
         })
         .buffer_unordered(512)
         .collect::<Vec<_>>()
@@ -59,10 +48,7 @@ async fn heavy_a_low_backlog_never_delays_a_high_event() {
     assert_eq!(next_notification(&mut tv).await.id, urgent.id);
     // The urgent event was delivered while the low stream still had most of its backlog.
     let low_backlog = pending(&stack, "RENO_LOW").await;
-    assert!(
-        low_backlog > 10_000,
-        "low backlog was {low_backlog}: the high event did not overtake it"
-    );
+    assert!(low_backlog > 10_000, "low backlog was {low_backlog}: the high event did not overtake it");
 }
 
 #[tokio::test]
@@ -80,38 +66,21 @@ async fn heavy_killing_a_worker_mid_batch_loses_nothing() {
     }
     stack.process(first).signal("KILL").unwrap();
     let backlog = pending(&stack, "RENO_NORMAL").await;
-    assert!(
-        backlog > 0,
-        "the first worker finished everything before it was killed"
-    );
+    assert!(backlog > 0, "the first worker finished everything before it was killed");
 
     let second = stack.start_worker(&["--priority", "normal"]);
     while received.len() < published.len() {
         received.insert(next_notification(&mut mobile).await.id.to_string());
     }
     assert_eq!(received, published);
-    stack
-        .wait_for_counter(
-            second,
-            "reno_worker_events_total",
-            &[("outcome", "delivered")],
-            1,
-        )
-        .await;
-    eventually("the stream is worked off", || async {
-        pending(&stack, "RENO_NORMAL").await == 0
-    })
-    .await;
+    stack.wait_for_counter(second, "reno_worker_events_total", &[("outcome", "delivered")], 1).await;
+    eventually("the stream is worked off", || async { pending(&stack, "RENO_NORMAL").await == 0 }).await;
     // Every one of them is in the history exactly once.
     let mut in_history = BTreeSet::new();
     let mut cursor = 0;
     loop {
         let page = stack.pull_page("kim", "mobile", cursor, 1000).await;
-        in_history.extend(
-            page.notifications
-                .iter()
-                .map(|notification| notification.id.to_string()),
-        );
+        in_history.extend(page.notifications.iter().map(|notification| notification.id.to_string()));
         cursor = page.next_cursor;
         if !page.more {
             break;
@@ -138,26 +107,11 @@ async fn moving_a_type_to_another_priority_loses_no_event() {
     stack.rewrite_registry(&LOW_REGISTRY.replace("priority = \"low\"", "priority = \"high\""));
     stack.provision(&[]);
     let mut high = stack.jetstream.get_stream("RENO_HIGH").await.unwrap();
-    assert!(
-        high.info()
-            .await
-            .unwrap()
-            .config
-            .subjects
-            .contains(&"reno.evt.moving.*".to_owned())
-    );
+    assert!(high.info().await.unwrap().config.subjects.contains(&"reno.evt.moving.*".to_owned()));
     let mut low = stack.jetstream.get_stream("RENO_LOW").await.unwrap();
-    assert_eq!(
-        low.info().await.unwrap().state.messages,
-        50,
-        "the low stream keeps what it had"
-    );
+    assert_eq!(low.info().await.unwrap().state.messages, 50, "the low stream keeps what it had");
     let after = flood(&stack, "moving", "lee", 50).await;
-    assert_eq!(
-        high.info().await.unwrap().state.messages,
-        50,
-        "new events go to the high stream"
-    );
+    assert_eq!(high.info().await.unwrap().state.messages, 50, "new events go to the high stream");
 
     stack.start_all().await;
     let mut tv = stack.device("lee", "tv", 0).await;

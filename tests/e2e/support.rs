@@ -44,9 +44,7 @@ impl Stack {
     /// `reno provision` flags.
     pub async fn start_with(registry: Option<&str>, provision_flags: &[&str]) -> Stack {
         let nats = NatsServer::start().expect("nats-server starts");
-        let client = async_nats::connect(nats.client_url())
-            .await
-            .expect("connect to nats-server");
+        let client = async_nats::connect(nats.client_url()).await.expect("connect to nats-server");
         let jetstream = jetstream::new(client.clone());
         let (registry_path, registry_dir) = match registry {
             None => (repo_root().join("registry/events.toml"), None),
@@ -95,10 +93,7 @@ impl Stack {
 
     /// Replaces the registry file the next reno processes and provisioning read.
     pub fn rewrite_registry(&self, text: &str) {
-        assert!(
-            self._registry_dir.is_some(),
-            "only a test's own registry can be rewritten"
-        );
+        assert!(self._registry_dir.is_some(), "only a test's own registry can be rewritten");
         std::fs::write(&self.registry, text).unwrap();
     }
 
@@ -115,8 +110,7 @@ impl Stack {
 
     /// Starts `reno pull-service` and waits until it answers the NATS service API's ping.
     pub async fn start_pull_service(&mut self) {
-        let process =
-            Process::spawn(self.reno(&["pull-service"])).expect("start reno pull-service");
+        let process = Process::spawn(self.reno(&["pull-service"])).expect("start reno pull-service");
         self.processes.push((process, 0));
         let ping = format!("$SRV.PING.{}", reno_model::subject::PULL_SERVICE);
         eventually("the pull service answers a ping", || async {
@@ -138,20 +132,12 @@ impl Stack {
     /// One counter of a worker's metrics (0 while it has not been counted yet).
     pub async fn counter(&self, worker: usize, name: &str, labels: &[(&str, &str)]) -> u64 {
         let port = self.processes[worker].1;
-        let text = tokio::task::spawn_blocking(move || scrape(port))
-            .await
-            .unwrap();
+        let text = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
         sum_counter(&text, name, labels)
     }
 
     /// Waits until a worker's counter reaches `at_least`.
-    pub async fn wait_for_counter(
-        &self,
-        worker: usize,
-        name: &str,
-        labels: &[(&str, &str)],
-        at_least: u64,
-    ) {
+    pub async fn wait_for_counter(&self, worker: usize, name: &str, labels: &[(&str, &str)], at_least: u64) {
         let started = Instant::now();
         while self.counter(worker, name, labels).await < at_least {
             assert!(
@@ -169,36 +155,18 @@ impl Stack {
 
     /// A device over the server's websocket listener, caught up from `cursor`.
     pub async fn device(&self, member: &str, device_type: &str, cursor: u64) -> Device {
-        let mut config = DeviceConfig::new(
-            self.nats.websocket_url(),
-            member_id(member),
-            device(device_type),
-        );
+        let mut config = DeviceConfig::new(self.nats.websocket_url(), member_id(member), device(device_type));
         config.cursor = cursor;
-        within("device connects", Device::connect(config))
-            .await
-            .expect("device connects")
+        within("device connects", Device::connect(config)).await.expect("device connects")
     }
 
     /// One page of history by a raw request on the pull subject, as any NATS client would send it.
-    pub async fn pull_page(
-        &self,
-        member: &str,
-        device_type: &str,
-        cursor: u64,
-        limit: u32,
-    ) -> PullPage {
-        let request = PullRequest {
-            cursor,
-            limit: Some(limit),
-        };
+    pub async fn pull_page(&self, member: &str, device_type: &str, cursor: u64, limit: u32) -> PullPage {
+        let request = PullRequest { cursor, limit: Some(limit) };
         let subject = reno_model::subject::pull_subject(&member_id(member), &device(device_type));
-        let response = within(
-            "pull answer",
-            self.client.request(subject, request.encode().into()),
-        )
-        .await
-        .expect("pull service answers");
+        let response = within("pull answer", self.client.request(subject, request.encode().into()))
+            .await
+            .expect("pull service answers");
         PullPage::decode(&response.payload).expect("a pull page")
     }
 
@@ -218,10 +186,7 @@ pub fn event(event_type: &str, member: &str, payload: Value) -> Envelope {
         id: EventId::new(nuid::next().to_string()).unwrap(),
         event_type: EventType::new(event_type).unwrap(),
         member: member_id(member),
-        occurred_at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64,
+        occurred_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64,
         payload,
         targets: None,
         collapse_key: None,
@@ -242,10 +207,7 @@ pub fn text(value: &str) -> Value {
 
 /// The next notification a device hands out (a resync signal fails the test).
 pub async fn next_notification(device: &mut Device) -> Notification {
-    match within("next notification", device.next())
-        .await
-        .expect("device stream")
-    {
+    match within("next notification", device.next()).await.expect("device stream") {
         DeviceEvent::Notification(notification) => notification,
         DeviceEvent::Resync => panic!("unexpected resync"),
     }
@@ -267,20 +229,13 @@ where
 {
     let started = Instant::now();
     while !condition().await {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "{what}: still not true after {PATIENCE:?}"
-        );
+        assert!(started.elapsed() < PATIENCE, "{what}: still not true after {PATIENCE:?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// GET /metrics over a plain TCP connection; empty while the exporter is not up yet.
@@ -302,11 +257,7 @@ fn scrape(port: u16) -> String {
 fn sum_counter(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     text.lines()
         .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
-        .filter(|line| {
-            labels
-                .iter()
-                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
-        })
+        .filter(|line| labels.iter().all(|(key, value)| line.contains(&format!("{key}=\"{value}\""))))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|value| value as u64)
         .sum()

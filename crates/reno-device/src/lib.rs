@@ -10,8 +10,7 @@ use std::{collections::BTreeSet, collections::VecDeque, time::Duration};
 use async_nats::{Event, Subscriber};
 use futures::StreamExt;
 use reno_model::{
-    DeviceType, MemberId, Notification, PullPage, PullRequest, notification::DEFAULT_PAGE_LIMIT,
-    subject,
+    DeviceType, MemberId, Notification, PullPage, PullRequest, notification::DEFAULT_PAGE_LIMIT, subject,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -36,13 +35,7 @@ pub struct DeviceConfig {
 
 impl DeviceConfig {
     pub fn new(url: impl Into<String>, member: MemberId, device_type: DeviceType) -> Self {
-        DeviceConfig {
-            url: url.into(),
-            member,
-            device_type,
-            cursor: 0,
-            page_limit: DEFAULT_PAGE_LIMIT,
-        }
+        DeviceConfig { url: url.into(), member, device_type, cursor: 0, page_limit: DEFAULT_PAGE_LIMIT }
     }
 }
 
@@ -61,10 +54,7 @@ pub enum DeviceEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error("cannot connect to {url}: {source}")]
-    Connect {
-        url: String,
-        source: async_nats::ConnectError,
-    },
+    Connect { url: String, source: async_nats::ConnectError },
     #[error("cannot subscribe to pushes: {0}")]
     Subscribe(async_nats::SubscribeError),
     #[error("pull failed: {0}")]
@@ -111,10 +101,7 @@ impl Device {
             })
             .connect(&config.url)
             .await
-            .map_err(|source| DeviceError::Connect {
-                url: config.url.clone(),
-                source,
-            })?;
+            .map_err(|source| DeviceError::Connect { url: config.url.clone(), source })?;
         let pushes = client
             .subscribe(subject::push_subject(&config.member, &config.device_type))
             .await
@@ -191,42 +178,27 @@ impl Device {
     }
 
     async fn pull_page(&self) -> Result<PullPage, DeviceError> {
-        let request = PullRequest {
-            cursor: self.cursor,
-            limit: Some(self.config.page_limit),
-        };
+        let request = PullRequest { cursor: self.cursor, limit: Some(self.config.page_limit) };
         let subject = subject::pull_subject(&self.config.member, &self.config.device_type);
-        let response = tokio::time::timeout(
-            PULL_TIMEOUT,
-            self.client.request(subject, request.encode().into()),
-        )
-        .await
-        .map_err(|_| DeviceError::Pull(format!("no answer within {PULL_TIMEOUT:?}")))?
-        .map_err(|error| DeviceError::Pull(error.to_string()))?;
+        let response =
+            tokio::time::timeout(PULL_TIMEOUT, self.client.request(subject, request.encode().into()))
+                .await
+                .map_err(|_| DeviceError::Pull(format!("no answer within {PULL_TIMEOUT:?}")))?
+                .map_err(|error| DeviceError::Pull(error.to_string()))?;
         if let Some(headers) = &response.headers
             && let Some(message) = headers.get("Nats-Service-Error")
         {
-            let code = headers
-                .get("Nats-Service-Error-Code")
-                .map(|code| code.to_string())
-                .unwrap_or_default();
-            return Err(DeviceError::Refused {
-                code,
-                message: message.to_string(),
-            });
+            let code =
+                headers.get("Nats-Service-Error-Code").map(|code| code.to_string()).unwrap_or_default();
+            return Err(DeviceError::Refused { code, message: message.to_string() });
         }
         PullPage::decode(&response.payload).map_err(|error| DeviceError::Pull(error.to_string()))
     }
 
     /// Queues a notification for the app unless it was handed out before or is not this device's.
     fn accept(&mut self, notification: Notification) {
-        if notification.member != self.config.member
-            || notification.device_type != self.config.device_type
-        {
-            warn!(
-                seq = notification.seq,
-                "notification for another member or device type dropped"
-            );
+        if notification.member != self.config.member || notification.device_type != self.config.device_type {
+            warn!(seq = notification.seq, "notification for another member or device type dropped");
             return;
         }
         if notification.seq <= self.cursor || !self.seen.insert(notification.seq) {
@@ -235,7 +207,6 @@ impl Device {
         if self.seen.len() > MAX_SEEN {
             self.catch_up_owed = true;
         }
-        self.ready
-            .push_back(DeviceEvent::Notification(notification));
+        self.ready.push_back(DeviceEvent::Notification(notification));
     }
 }

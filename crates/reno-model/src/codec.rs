@@ -31,28 +31,21 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
 /// Decodes a CBOR message of at most `max_bytes`, refusing deep nesting and unknown shapes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_bytes: usize) -> Result<T, DecodeError> {
     if bytes.len() > max_bytes {
-        return Err(DecodeError::TooLarge {
-            size: bytes.len(),
-            max: max_bytes,
-        });
+        return Err(DecodeError::TooLarge { size: bytes.len(), max: max_bytes });
     }
     let mut reader = bytes;
-    let message = ciborium::de::from_reader_with_recursion_limit(&mut reader, MAX_NESTING)
-        .map_err(|error| match error {
+    let message = ciborium::de::from_reader_with_recursion_limit(&mut reader, MAX_NESTING).map_err(
+        |error| match error {
             ciborium::de::Error::RecursionLimitExceeded => DecodeError::TooDeep,
-            ciborium::de::Error::Io(error) => {
-                DecodeError::Malformed(format!("truncated ({error})"))
-            }
+            ciborium::de::Error::Io(error) => DecodeError::Malformed(format!("truncated ({error})")),
             ciborium::de::Error::Syntax(offset) => {
                 DecodeError::Malformed(format!("syntax error at byte {offset}"))
             }
             ciborium::de::Error::Semantic(_, message) => DecodeError::Malformed(message),
-        })?;
+        },
+    )?;
     if !reader.is_empty() {
-        return Err(DecodeError::Malformed(format!(
-            "{} bytes left over after the message",
-            reader.len()
-        )));
+        return Err(DecodeError::Malformed(format!("{} bytes left over after the message", reader.len())));
     }
     Ok(message)
 }
@@ -63,9 +56,7 @@ mod tests {
     use ciborium::Value;
 
     fn nested(depth: usize) -> Value {
-        (0..depth).fold(Value::Integer(1.into()), |inner, _| {
-            Value::Array(vec![inner])
-        })
+        (0..depth).fold(Value::Integer(1.into()), |inner, _| Value::Array(vec![inner]))
     }
 
     #[test]
@@ -74,49 +65,28 @@ mod tests {
         assert_eq!(decode::<Vec<u8>>(&bytes, 100).unwrap(), [1, 2, 3]);
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(matches!(
-            decode::<Vec<u8>>(&longer, 100),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(decode::<Vec<u8>>(&longer, 100), Err(DecodeError::Malformed(_))));
     }
 
     #[test]
     fn refuses_oversized_input_before_parsing() {
         let bytes = encode(&"x".repeat(200));
-        assert_eq!(
-            decode::<String>(&bytes, 100),
-            Err(DecodeError::TooLarge {
-                size: bytes.len(),
-                max: 100
-            })
-        );
+        assert_eq!(decode::<String>(&bytes, 100), Err(DecodeError::TooLarge { size: bytes.len(), max: 100 }));
     }
 
     #[test]
     fn refuses_deep_nesting() {
         assert!(decode::<Value>(&encode(&nested(MAX_NESTING - 2)), 1000).is_ok());
-        assert_eq!(
-            decode::<Value>(&encode(&nested(MAX_NESTING + 1)), 1000),
-            Err(DecodeError::TooDeep)
-        );
+        assert_eq!(decode::<Value>(&encode(&nested(MAX_NESTING + 1)), 1000), Err(DecodeError::TooDeep));
         // A hostile input: a million nested array headers in a small buffer.
         let hostile = vec![0x81u8; 60_000];
-        assert_eq!(
-            decode::<Value>(&hostile, MAX_EVENT_BYTES),
-            Err(DecodeError::TooDeep)
-        );
+        assert_eq!(decode::<Value>(&hostile, MAX_EVENT_BYTES), Err(DecodeError::TooDeep));
     }
 
     #[test]
     fn refuses_garbage_and_truncation() {
-        assert!(matches!(
-            decode::<Value>(&[0xff, 0x00], 100),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(decode::<Value>(&[0xff, 0x00], 100), Err(DecodeError::Malformed(_))));
         let bytes = encode(&"hello");
-        assert!(matches!(
-            decode::<String>(&bytes[..3], 100),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(decode::<String>(&bytes[..3], 100), Err(DecodeError::Malformed(_))));
     }
 }

@@ -44,19 +44,11 @@ pub enum InvalidEvent {
     #[error("subject {subject:?} is not reno.evt.<type>.<member>: {problem}")]
     BadSubject { subject: String, problem: String },
     #[error("the subject says {field} {subject_value} but the envelope says {envelope_value}")]
-    SubjectMismatch {
-        field: &'static str,
-        subject_value: String,
-        envelope_value: String,
-    },
+    SubjectMismatch { field: &'static str, subject_value: String, envelope_value: String },
     #[error("unknown event type {event_type}; known types: {known}")]
     UnknownType { event_type: String, known: String },
     #[error("event type {event_type} does not reach device type {target}; it reaches: {allowed}")]
-    TargetNotAllowed {
-        event_type: String,
-        target: String,
-        allowed: String,
-    },
+    TargetNotAllowed { event_type: String, target: String, allowed: String },
     #[error("event type {event_type} does not collapse, so it takes no collapse_key")]
     CollapseKeyNotAllowed { event_type: String },
     #[error("targets is empty; leave it out to reach every device type of the event type")]
@@ -131,12 +123,10 @@ impl Envelope {
 
     /// Resolves the event against the registry: its spec, its device types and its history key.
     pub fn route<'a>(&self, registry: &'a Registry) -> Result<Route<'a>, InvalidEvent> {
-        let spec = registry
-            .get(&self.event_type)
-            .ok_or_else(|| InvalidEvent::UnknownType {
-                event_type: self.event_type.to_string(),
-                known: registry.type_names(),
-            })?;
+        let spec = registry.get(&self.event_type).ok_or_else(|| InvalidEvent::UnknownType {
+            event_type: self.event_type.to_string(),
+            known: registry.type_names(),
+        })?;
         let targets = match &self.targets {
             None => spec.targets.clone(),
             Some(targets) if targets.is_empty() => return Err(InvalidEvent::EmptyTargets),
@@ -159,19 +149,13 @@ impl Envelope {
         };
         let notification_key = match (&self.collapse_key, spec.collapse) {
             (Some(_), false) => {
-                return Err(InvalidEvent::CollapseKeyNotAllowed {
-                    event_type: self.event_type.to_string(),
-                });
+                return Err(InvalidEvent::CollapseKeyNotAllowed { event_type: self.event_type.to_string() });
             }
             (Some(key), true) => key.to_string(),
             (None, true) => self.event_type.to_string(),
             (None, false) => self.id.to_string(),
         };
-        Ok(Route {
-            spec,
-            targets,
-            notification_key,
-        })
+        Ok(Route { spec, targets, notification_key })
     }
 }
 
@@ -213,8 +197,7 @@ mod tests {
     fn round_trips_through_cbor() {
         let mut original = envelope("plan_changed");
         original.targets = Some(vec![DeviceType::new("tv").unwrap()]);
-        let decoded =
-            Envelope::decode_from("reno.evt.plan_changed.m1", &original.encode()).unwrap();
+        let decoded = Envelope::decode_from("reno.evt.plan_changed.m1", &original.encode()).unwrap();
         assert_eq!(decoded, original);
     }
 
@@ -243,52 +226,32 @@ mod tests {
         assert_eq!(to_tv.route(&registry).unwrap_err().code(), "bad_target");
         let mut keyed = envelope("my_list_updated");
         keyed.collapse_key = Some(CollapseKey::new("k").unwrap());
-        assert_eq!(
-            keyed.route(&registry).unwrap_err().code(),
-            "bad_collapse_key"
-        );
+        assert_eq!(keyed.route(&registry).unwrap_err().code(), "bad_collapse_key");
     }
 
     #[test]
     fn refuses_unknown_fields_and_unsafe_tokens() {
         let mut map = vec![
             (Value::Text("id".into()), Value::Text("e1".into())),
-            (
-                Value::Text("type".into()),
-                Value::Text("plan_changed".into()),
-            ),
+            (Value::Text("type".into()), Value::Text("plan_changed".into())),
             (Value::Text("member".into()), Value::Text("m1".into())),
-            (
-                Value::Text("occurred_at_ms".into()),
-                Value::Integer(1.into()),
-            ),
+            (Value::Text("occurred_at_ms".into()), Value::Integer(1.into())),
         ];
         assert!(Envelope::decode(&codec::encode(&Value::Map(map.clone()))).is_ok());
         map.push((Value::Text("priority".into()), Value::Text("high".into())));
         let error = Envelope::decode(&codec::encode(&Value::Map(map.clone()))).unwrap_err();
-        assert!(
-            error.to_string().contains("unknown field `priority`"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("unknown field `priority`"), "{error}");
         map.pop();
         map[2].1 = Value::Text("m1.*".into());
         let error = Envelope::decode(&codec::encode(&Value::Map(map))).unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .contains("member id \"m1.*\" is not accepted"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("member id \"m1.*\" is not accepted"), "{error}");
     }
 
     #[test]
     fn subject_and_envelope_must_agree() {
         let bytes = envelope("plan_changed").encode();
         let error = Envelope::decode_from("reno.evt.plan_changed.m2", &bytes).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "the subject says member m2 but the envelope says m1"
-        );
+        assert_eq!(error.to_string(), "the subject says member m2 but the envelope says m1");
         let error = Envelope::decode_from("reno.evt.plan_changed.m1.x", &bytes).unwrap_err();
         assert_eq!(error.code(), "bad_subject");
         let error = Envelope::decode_from("reno.evt.plan_changed.*", &bytes).unwrap_err();

@@ -119,17 +119,9 @@ mod tests {
 
     #[test]
     fn pull_messages_round_trip() {
-        let request = PullRequest {
-            cursor: 7,
-            limit: Some(10),
-        };
+        let request = PullRequest { cursor: 7, limit: Some(10) };
         assert_eq!(PullRequest::decode(&request.encode()).unwrap(), request);
-        let page = PullPage {
-            notifications: vec![],
-            next_cursor: 7,
-            more: false,
-            resync: true,
-        };
+        let page = PullPage { notifications: vec![], next_cursor: 7, more: false, resync: true };
         assert_eq!(PullPage::decode(&page.encode()).unwrap(), page);
     }
 }

@@ -62,10 +62,7 @@ pub struct TypeSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("cannot read registry {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("registry is not valid TOML of the expected shape: {0}")]
     Parse(#[from] toml::de::Error),
     #[error("registry: {0}")]
@@ -104,10 +101,8 @@ struct TypeFile {
 impl Registry {
     /// Reads and validates a registry file.
     pub fn load(path: &Path) -> Result<Self, RegistryError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| RegistryError::Read { path: path.display().to_string(), source })?;
         Self::from_toml(&text)
     }
 
@@ -118,21 +113,15 @@ impl Registry {
         for name in file.device_types {
             let device_type = DeviceType::new(name)?;
             if device_types.contains(&device_type) {
-                return Err(RegistryError::Invalid(format!(
-                    "device type {device_type} is listed twice"
-                )));
+                return Err(RegistryError::Invalid(format!("device type {device_type} is listed twice")));
             }
             device_types.push(device_type);
         }
         if device_types.is_empty() {
-            return Err(RegistryError::Invalid(
-                "device_types is empty; list at least one".into(),
-            ));
+            return Err(RegistryError::Invalid("device_types is empty; list at least one".into()));
         }
         if file.types.is_empty() {
-            return Err(RegistryError::Invalid(
-                "no event types; add at least one [types.<name>]".into(),
-            ));
+            return Err(RegistryError::Invalid("no event types; add at least one [types.<name>]".into()));
         }
         let mut types = BTreeMap::new();
         for (name, spec) in file.types {
@@ -157,9 +146,7 @@ impl Registry {
                         targets.push(target);
                     }
                     if targets.is_empty() {
-                        return Err(RegistryError::Invalid(format!(
-                            "{event_type}: targets is empty"
-                        )));
+                        return Err(RegistryError::Invalid(format!("{event_type}: targets is empty")));
                     }
                     targets
                 }
@@ -172,10 +159,7 @@ impl Registry {
             };
             types.insert(event_type, type_spec);
         }
-        Ok(Registry {
-            device_types,
-            types,
-        })
+        Ok(Registry { device_types, types })
     }
 
     pub fn device_types(&self) -> &[DeviceType] {
@@ -194,10 +178,7 @@ impl Registry {
 
     /// The event types carried by one priority, sorted by name.
     pub fn types_of(&self, priority: Priority) -> impl Iterator<Item = &EventType> {
-        self.types
-            .iter()
-            .filter(move |(_, spec)| spec.priority == priority)
-            .map(|(name, _)| name)
+        self.types.iter().filter(move |(_, spec)| spec.priority == priority).map(|(name, _)| name)
     }
 
     /// The known event types as a comma-separated list, for error messages.
@@ -208,11 +189,7 @@ impl Registry {
 
 /// Joins tokens with ", " for error messages.
 pub(crate) fn join<T: fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
-    items
-        .into_iter()
-        .map(|item| item.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    items.into_iter().map(|item| item.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -234,17 +211,12 @@ mod tests {
     #[test]
     fn reads_types_with_defaults() {
         let registry = Registry::from_toml(SAMPLE).unwrap();
-        let plan = registry
-            .get(&EventType::new("plan_changed").unwrap())
-            .unwrap();
+        let plan = registry.get(&EventType::new("plan_changed").unwrap()).unwrap();
         assert_eq!(plan.priority, Priority::High);
         assert_eq!(plan.stale_after, Duration::from_secs(60));
         assert_eq!(plan.targets, registry.device_types());
         assert!(plan.collapse);
-        let low: Vec<_> = registry
-            .types_of(Priority::Low)
-            .map(EventType::as_str)
-            .collect();
+        let low: Vec<_> = registry.types_of(Priority::Low).map(EventType::as_str).collect();
         assert_eq!(low, ["diagnostics"]);
         assert_eq!(registry.types_of(Priority::Normal).count(), 0);
     }
@@ -254,10 +226,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../registry/events.toml");
         let registry = Registry::load(&path).unwrap();
         for priority in Priority::ALL {
-            assert!(
-                registry.types_of(priority).count() >= 2,
-                "{priority} has fewer than two types"
-            );
+            assert!(registry.types_of(priority).count() >= 2, "{priority} has fewer than two types");
         }
     }
 
@@ -272,29 +241,14 @@ mod tests {
                 SAMPLE.replace("[types.plan_changed]", "[types.\"plan.changed\"]"),
                 "event type \"plan.changed\" is not accepted",
             ),
-            (
-                SAMPLE.replace("\"high\"", "\"urgent\""),
-                "unknown variant `urgent`",
-            ),
-            (
-                SAMPLE.replace("stale_after_secs = 60", "stale_after_secs = 0"),
-                "must be above 0",
-            ),
-            (
-                SAMPLE.replace("collapse = true", "colapse = true"),
-                "unknown field `colapse`",
-            ),
-            (
-                SAMPLE.replace("[\"mobile\", \"tv\"]", "[\"tv\", \"tv\"]"),
-                "device type tv is listed twice",
-            ),
+            (SAMPLE.replace("\"high\"", "\"urgent\""), "unknown variant `urgent`"),
+            (SAMPLE.replace("stale_after_secs = 60", "stale_after_secs = 0"), "must be above 0"),
+            (SAMPLE.replace("collapse = true", "colapse = true"), "unknown field `colapse`"),
+            (SAMPLE.replace("[\"mobile\", \"tv\"]", "[\"tv\", \"tv\"]"), "device type tv is listed twice"),
         ];
         for (text, expected) in cases {
             let message = Registry::from_toml(&text).unwrap_err().to_string();
-            assert!(
-                message.contains(expected),
-                "{message:?} should contain {expected:?}"
-            );
+            assert!(message.contains(expected), "{message:?} should contain {expected:?}");
         }
     }
 }

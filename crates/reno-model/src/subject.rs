@@ -40,20 +40,15 @@ pub fn event_type_filter(event_type: &EventType) -> String {
 /// Reads type and member back out of an event subject, refusing anything that is not exactly
 /// `reno.evt.<type>.<member>` with safe tokens (a raw publisher may have sent anything).
 pub fn parse_event_subject(subject: &str) -> Result<(EventType, MemberId), InvalidEvent> {
-    let bad = |problem: String| InvalidEvent::BadSubject {
-        subject: subject.chars().take(200).collect(),
-        problem,
-    };
+    let bad =
+        |problem: String| InvalidEvent::BadSubject { subject: subject.chars().take(200).collect(), problem };
     let rest = subject
         .strip_prefix(EVENT_PREFIX)
         .and_then(|rest| rest.strip_prefix('.'))
         .ok_or_else(|| bad(format!("it does not start with {EVENT_PREFIX}.")))?;
     let mut tokens = rest.split('.');
-    let (Some(event_type), Some(member), None) = (tokens.next(), tokens.next(), tokens.next())
-    else {
-        return Err(bad(
-            "it does not have exactly two tokens after reno.evt".into()
-        ));
+    let (Some(event_type), Some(member), None) = (tokens.next(), tokens.next(), tokens.next()) else {
+        return Err(bad("it does not have exactly two tokens after reno.evt".into()));
     };
     let event_type = EventType::new(event_type).map_err(|error| bad(error.to_string()))?;
     let member = MemberId::new(member).map_err(|error| bad(error.to_string()))?;
@@ -73,14 +68,10 @@ pub fn pull_subject(member: &MemberId, device_type: &DeviceType) -> String {
 /// Reads member and device type back out of a pull subject.
 pub fn parse_pull_subject(subject: &str) -> Option<(MemberId, DeviceType)> {
     let mut tokens = subject.strip_prefix("reno.pull.")?.split('.');
-    let (Some(member), Some(device_type), None) = (tokens.next(), tokens.next(), tokens.next())
-    else {
+    let (Some(member), Some(device_type), None) = (tokens.next(), tokens.next(), tokens.next()) else {
         return None;
     };
-    Some((
-        MemberId::new(member).ok()?,
-        DeviceType::new(device_type).ok()?,
-    ))
+    Some((MemberId::new(member).ok()?, DeviceType::new(device_type).ok()?))
 }
 
 /// `reno.dead.<priority>.<reason>`: where a worker files an event that can never be delivered.
@@ -97,12 +88,7 @@ pub fn priority_stream(priority: Priority) -> String {
 pub const WORKER_CONSUMER: &str = "reno-worker";
 
 /// The history key of one notification: `<member>.<device_type>.<type>.<notification key>`.
-pub fn history_key(
-    member: &MemberId,
-    device_type: &DeviceType,
-    event_type: &EventType,
-    key: &str,
-) -> String {
+pub fn history_key(member: &MemberId, device_type: &DeviceType, event_type: &EventType, key: &str) -> String {
     format!("{member}.{device_type}.{event_type}.{key}")
 }
 
@@ -143,10 +129,7 @@ mod tests {
     fn pull_subjects_round_trip() {
         let member = MemberId::new("m1").unwrap();
         let device = DeviceType::new("tv").unwrap();
-        assert_eq!(
-            parse_pull_subject(&pull_subject(&member, &device)),
-            Some((member, device))
-        );
+        assert_eq!(parse_pull_subject(&pull_subject(&member, &device)), Some((member, device)));
         assert_eq!(parse_pull_subject("reno.pull.m1.tv.x"), None);
         assert_eq!(parse_pull_subject("reno.pull.m1"), None);
     }
@@ -154,17 +137,11 @@ mod tests {
     #[test]
     fn names_of_the_topology() {
         assert_eq!(priority_stream(Priority::Normal), "RENO_NORMAL");
-        assert_eq!(
-            dead_letter_subject(Priority::Low, "malformed"),
-            "reno.dead.low.malformed"
-        );
+        assert_eq!(dead_letter_subject(Priority::Low, "malformed"), "reno.dead.low.malformed");
         let member = MemberId::new("m1").unwrap();
         let device = DeviceType::new("tv").unwrap();
         let event_type = EventType::new("plan_changed").unwrap();
-        assert_eq!(
-            history_key(&member, &device, &event_type, "k"),
-            "m1.tv.plan_changed.k"
-        );
+        assert_eq!(history_key(&member, &device, &event_type, "k"), "m1.tv.plan_changed.k");
         assert_eq!(history_filter(&member, &device), "$KV.RENO_HISTORY.m1.tv.>");
     }
 }

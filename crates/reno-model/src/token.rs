@@ -36,21 +36,14 @@ pub fn check_token(kind: &'static str, value: &str) -> Result<(), TokenError> {
         Some("it contains a wildcard")
     } else if value.chars().any(char::is_whitespace) {
         Some("it contains white space")
-    } else if !value
-        .bytes()
-        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
-    {
+    } else if !value.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_') {
         Some("it contains a character outside the accepted set")
     } else {
         None
     };
     match problem {
         None => Ok(()),
-        Some(problem) => Err(TokenError {
-            kind,
-            value: value.chars().take(80).collect(),
-            problem,
-        }),
+        Some(problem) => Err(TokenError { kind, value: value.chars().take(80).collect(), problem }),
     }
 }
 
@@ -137,13 +130,7 @@ mod tests {
 
     #[test]
     fn accepts_plain_tokens() {
-        for value in [
-            "m1",
-            "member-42",
-            "plan_changed",
-            "A",
-            &"x".repeat(MAX_TOKEN_LEN),
-        ] {
+        for value in ["m1", "member-42", "plan_changed", "A", &"x".repeat(MAX_TOKEN_LEN)] {
             assert!(MemberId::new(value).is_ok(), "{value}");
         }
     }
@@ -157,10 +144,7 @@ mod tests {
             ("a>", "it contains a wildcard"),
             ("a b", "it contains white space"),
             ("a\tb", "it contains white space"),
-            (
-                "a\u{0}b",
-                "it contains a character outside the accepted set",
-            ),
+            ("a\u{0}b", "it contains a character outside the accepted set"),
             ("mémbre", "it contains a character outside the accepted set"),
             ("a/b", "it contains a character outside the accepted set"),
         ];
@@ -169,10 +153,7 @@ mod tests {
             assert_eq!(error.problem, problem, "{value:?}");
         }
         let too_long = "x".repeat(MAX_TOKEN_LEN + 1);
-        assert_eq!(
-            MemberId::new(too_long).unwrap_err().problem,
-            "it is too long"
-        );
+        assert_eq!(MemberId::new(too_long).unwrap_err().problem, "it is too long");
     }
 
     #[test]

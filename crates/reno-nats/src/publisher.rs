@@ -56,10 +56,7 @@ impl Publisher {
     /// A publisher that checks the envelope's shape, size and tokens locally and leaves the event
     /// type to the server (an unprovisioned type has no stream and is refused there).
     pub fn new(client: async_nats::Client) -> Self {
-        Publisher {
-            jetstream: jetstream::new(client),
-            registry: None,
-        }
+        Publisher { jetstream: jetstream::new(client), registry: None }
     }
 
     /// Also checks type, targets and collapse key against `registry` before sending.
@@ -87,11 +84,7 @@ impl Publisher {
             .map_err(|error| self.publish_error(&subject, envelope, error))?
             .await
             .map_err(|error| self.publish_error(&subject, envelope, error))?;
-        Ok(Published {
-            stream: ack.stream,
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
-        })
+        Ok(Published { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
     }
 
     fn publish_error(

@@ -56,18 +56,11 @@ const STREAM_MAX_MESSAGE_BYTES: i32 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
     #[error("cannot provision stream {name}: {source}")]
-    Stream {
-        name: String,
-        source: async_nats::Error,
-    },
+    Stream { name: String, source: async_nats::Error },
     #[error("cannot provision the history bucket {HISTORY}: {source}", HISTORY = subject::HISTORY_BUCKET)]
     History { source: async_nats::Error },
     #[error("cannot provision consumer {consumer} on {stream}: {source}")]
-    Consumer {
-        stream: String,
-        consumer: String,
-        source: async_nats::Error,
-    },
+    Consumer { stream: String, consumer: String, source: async_nats::Error },
 }
 
 /// What provisioning did, for the operator.
@@ -85,22 +78,11 @@ fn idle_subject(priority: Priority) -> String {
 
 /// The subjects one priority's stream must capture under `registry`.
 pub fn stream_subjects(registry: &Registry, priority: Priority) -> Vec<String> {
-    let subjects: Vec<String> = registry
-        .types_of(priority)
-        .map(subject::event_type_filter)
-        .collect();
-    if subjects.is_empty() {
-        vec![idle_subject(priority)]
-    } else {
-        subjects
-    }
+    let subjects: Vec<String> = registry.types_of(priority).map(subject::event_type_filter).collect();
+    if subjects.is_empty() { vec![idle_subject(priority)] } else { subjects }
 }
 
-fn priority_stream_config(
-    topology: &Topology,
-    priority: Priority,
-    subjects: Vec<String>,
-) -> stream::Config {
+fn priority_stream_config(topology: &Topology, priority: Priority, subjects: Vec<String>) -> stream::Config {
     stream::Config {
         name: subject::priority_stream(priority),
         description: Some(format!("reno events of priority {priority}")),
@@ -132,31 +114,16 @@ pub async fn provision(
         let Ok(mut stream) = jetstream.get_stream(&name).await else {
             continue;
         };
-        let current = stream
-            .info()
-            .await
-            .map_err(|source| stream_error(&name, source))?
-            .config
-            .clone();
+        let current = stream.info().await.map_err(|source| stream_error(&name, source))?.config.clone();
         let wanted = stream_subjects(registry, priority);
-        let mut kept: Vec<String> = current
-            .subjects
-            .iter()
-            .filter(|subject| wanted.contains(subject))
-            .cloned()
-            .collect();
+        let mut kept: Vec<String> =
+            current.subjects.iter().filter(|subject| wanted.contains(subject)).cloned().collect();
         if kept.len() != current.subjects.len() {
             if kept.is_empty() {
                 kept.push(idle_subject(priority));
             }
-            let config = stream::Config {
-                subjects: kept,
-                ..current
-            };
-            jetstream
-                .update_stream(config)
-                .await
-                .map_err(|source| stream_error(&name, source))?;
+            let config = stream::Config { subjects: kept, ..current };
+            jetstream.update_stream(config).await.map_err(|source| stream_error(&name, source))?;
         }
     }
 
@@ -165,10 +132,7 @@ pub async fn provision(
         let subjects = stream_subjects(registry, priority);
         let config = priority_stream_config(topology, priority, subjects.clone());
         let name = config.name.clone();
-        jetstream
-            .create_or_update_stream(config)
-            .await
-            .map_err(|source| stream_error(&name, source))?;
+        jetstream.create_or_update_stream(config).await.map_err(|source| stream_error(&name, source))?;
         let consumer = pull::Config {
             durable_name: Some(subject::WORKER_CONSUMER.to_owned()),
             description: Some(format!("reno workers of priority {priority}")),
@@ -180,22 +144,19 @@ pub async fn provision(
             max_deliver: -1,
             ..Default::default()
         };
-        jetstream
-            .create_consumer_on_stream(consumer, &name)
-            .await
-            .map_err(|source| ProvisionError::Consumer {
+        jetstream.create_consumer_on_stream(consumer, &name).await.map_err(|source| {
+            ProvisionError::Consumer {
                 stream: name.clone(),
                 consumer: subject::WORKER_CONSUMER.to_owned(),
                 source: source.into(),
-            })?;
+            }
+        })?;
         report.streams.push((name, subjects));
     }
 
     let dead_letters = stream::Config {
         name: subject::DEAD_LETTER_STREAM.to_owned(),
-        description: Some(
-            "reno events that can never be delivered, with the reason in Reno-Reason".into(),
-        ),
+        description: Some("reno events that can never be delivered, with the reason in Reno-Reason".into()),
         subjects: vec![subject::DEAD_LETTER_SUBJECTS.to_owned()],
         retention: RetentionPolicy::Limits,
         max_age: topology.dead_letter_retention,
@@ -211,8 +172,7 @@ pub async fn provision(
 
     let history = kv::Config {
         bucket: subject::HISTORY_BUCKET.to_owned(),
-        description: "reno notification history per member and device type, for devices to pull"
-            .into(),
+        description: "reno notification history per member and device type, for devices to pull".into(),
         // One revision per key: a collapsed key keeps only its latest notification.
         history: 1,
         max_age: topology.history_retention,
@@ -223,17 +183,12 @@ pub async fn provision(
     jetstream
         .create_or_update_key_value(history)
         .await
-        .map_err(|source| ProvisionError::History {
-            source: source.into(),
-        })?;
+        .map_err(|source| ProvisionError::History { source: source.into() })?;
     Ok(report)
 }
 
 fn stream_error(name: &str, source: impl Into<async_nats::Error>) -> ProvisionError {
-    ProvisionError::Stream {
-        name: name.to_owned(),
-        source: source.into(),
-    }
+    ProvisionError::Stream { name: name.to_owned(), source: source.into() }
 }
 
 #[cfg(test)]
@@ -254,17 +209,8 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(
-            stream_subjects(&registry, Priority::High),
-            ["reno.evt.plan_changed.*"]
-        );
-        assert_eq!(
-            stream_subjects(&registry, Priority::Low),
-            ["reno.evt.diagnostics.*"]
-        );
-        assert_eq!(
-            stream_subjects(&registry, Priority::Normal),
-            ["reno.idle.normal"]
-        );
+        assert_eq!(stream_subjects(&registry, Priority::High), ["reno.evt.plan_changed.*"]);
+        assert_eq!(stream_subjects(&registry, Priority::Low), ["reno.evt.diagnostics.*"]);
+        assert_eq!(stream_subjects(&registry, Priority::Normal), ["reno.idle.normal"]);
     }
 }

@@ -42,10 +42,7 @@ struct Bounds {
 
 impl HistoryReader {
     pub fn new(client: async_nats::Client) -> Self {
-        HistoryReader {
-            jetstream: jetstream::new(client.clone()),
-            client,
-        }
+        HistoryReader { jetstream: jetstream::new(client.clone()), client }
     }
 
     /// One page of `member`'s notifications for `device_type` above `request.cursor`.
@@ -55,10 +52,7 @@ impl HistoryReader {
         device_type: &DeviceType,
         request: PullRequest,
     ) -> Result<PullPage, HistoryError> {
-        let limit = request
-            .limit
-            .unwrap_or(DEFAULT_PAGE_LIMIT)
-            .clamp(1, MAX_PAGE_LIMIT);
+        let limit = request.limit.unwrap_or(DEFAULT_PAGE_LIMIT).clamp(1, MAX_PAGE_LIMIT);
         let bounds = self.bounds().await?;
         // A cursor beyond the end comes from a history that was reset (bucket recreated): start
         // over. A cursor below the start has lost entries to retention: go on from the start.
@@ -70,18 +64,9 @@ impl HistoryReader {
         } else {
             (request.cursor, false)
         };
-        let (notifications, remaining) = self
-            .read(member, device_type, start_after + 1, limit)
-            .await?;
-        let next_cursor = notifications
-            .last()
-            .map_or(start_after, |notification| notification.seq);
-        Ok(PullPage {
-            notifications,
-            next_cursor,
-            more: remaining > 0,
-            resync,
-        })
+        let (notifications, remaining) = self.read(member, device_type, start_after + 1, limit).await?;
+        let next_cursor = notifications.last().map_or(start_after, |notification| notification.seq);
+        Ok(PullPage { notifications, next_cursor, more: remaining > 0, resync })
     }
 
     async fn bounds(&self) -> Result<Bounds, HistoryError> {
@@ -91,14 +76,8 @@ impl HistoryReader {
             .get_stream_no_info(&stream_name)
             .await
             .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
-        let info = stream
-            .get_info()
-            .await
-            .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
-        Ok(Bounds {
-            first_seq: info.state.first_sequence,
-            last_seq: info.state.last_sequence,
-        })
+        let info = stream.get_info().await.map_err(|error| HistoryError::Unavailable(error.to_string()))?;
+        Ok(Bounds { first_seq: info.state.first_sequence, last_seq: info.state.last_sequence })
     }
 
     /// Batched direct get (ADR-31): up to `limit` messages matching the filter from `start_seq` on,
@@ -144,27 +123,19 @@ impl HistoryReader {
                     break;
                 }
                 Some(StatusCode::NO_RESPONDERS) => {
-                    return Err(HistoryError::Unavailable(
-                        "no server answers for the history bucket".into(),
-                    ));
+                    return Err(HistoryError::Unavailable("no server answers for the history bucket".into()));
                 }
                 Some(status) if status != StatusCode::OK => {
                     let description = reply.description.unwrap_or_default();
-                    return Err(HistoryError::Protocol(format!(
-                        "status {status} {description}"
-                    )));
+                    return Err(HistoryError::Protocol(format!("status {status} {description}")));
                 }
                 _ => {}
             }
             let headers = reply.headers.as_ref();
             let Some(seq) = header_u64(headers, "Nats-Sequence") else {
-                return Err(HistoryError::Protocol(
-                    "a history entry came without Nats-Sequence".into(),
-                ));
+                return Err(HistoryError::Protocol("a history entry came without Nats-Sequence".into()));
             };
-            let deleted = headers
-                .and_then(|headers| headers.get("KV-Operation"))
-                .is_some();
+            let deleted = headers.and_then(|headers| headers.get("KV-Operation")).is_some();
             if deleted {
                 continue;
             }

@@ -75,13 +75,9 @@ pub async fn run(
     Ok(())
 }
 
-async fn answer(
-    reader: &HistoryReader,
-    request: &service::Request,
-) -> Result<Bytes, service::error::Error> {
+async fn answer(reader: &HistoryReader, request: &service::Request) -> Result<Bytes, service::error::Error> {
     let bad_request = |status: String| service::error::Error { status, code: 400 };
-    let Some((member, device_type)) = subject::parse_pull_subject(request.message.subject.as_str())
-    else {
+    let Some((member, device_type)) = subject::parse_pull_subject(request.message.subject.as_str()) else {
         return Err(bad_request(
             "subject is not reno.pull.<member>.<device_type> with tokens of ASCII letters, digits, '-' or '_'".into(),
         ));
@@ -90,19 +86,12 @@ async fn answer(
         PullRequest::default()
     } else {
         PullRequest::decode(&request.message.payload).map_err(|error| {
-            bad_request(format!(
-                "pull request: {error}; expected CBOR {{cursor, limit?}}"
-            ))
+            bad_request(format!("pull request: {error}; expected CBOR {{cursor, limit?}}"))
         })?
     };
     match reader.page(&member, &device_type, pull).await {
         Ok(page) => {
-            debug!(
-                cursor = pull.cursor,
-                count = page.notifications.len(),
-                resync = page.resync,
-                "page"
-            );
+            debug!(cursor = pull.cursor, count = page.notifications.len(), resync = page.resync, "page");
             metrics::counter!("reno_pull_requests_total", "result" => "ok").increment(1);
             Ok(Bytes::from(page.encode()))
         }
@@ -113,10 +102,7 @@ async fn answer(
                 HistoryError::TimedOut => 504,
                 HistoryError::Unavailable(_) | HistoryError::Protocol(_) => 503,
             };
-            Err(service::error::Error {
-                status: error.to_string(),
-                code,
-            })
+            Err(service::error::Error { status: error.to_string(), code })
         }
     }
 }

@@ -16,10 +16,7 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(20);
 
 /// The repository root, where `nats/`, `registry/` and `.tools/` live.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repository root")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
 }
 
 /// The pinned nats-server that `scripts/install` put into `.tools/`, or `RENO_NATS_SERVER` if set.
@@ -52,10 +49,7 @@ impl NatsServer {
         let dir = tempfile::Builder::new().prefix("reno-nats-").tempdir()?;
         let binary = nats_server_binary();
         if !binary.exists() {
-            bail!(
-                "no nats-server at {}: run scripts/install first",
-                binary.display()
-            );
+            bail!("no nats-server at {}: run scripts/install first", binary.display());
         }
         let log = std::fs::File::create(dir.path().join("nats-server.log"))?;
         let child = Command::new(&binary)
@@ -71,32 +65,20 @@ impl NatsServer {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut server = NatsServer {
-            child,
-            dir,
-            client_url: String::new(),
-            websocket_url: String::new(),
-        };
+        let mut server = NatsServer { child, dir, client_url: String::new(), websocket_url: String::new() };
         server.wait_for_ports()?;
         Ok(server)
     }
 
     fn wait_for_ports(&mut self) -> Result<()> {
         let started = Instant::now();
-        let ports_file = self
-            .dir
-            .path()
-            .join(format!("nats-server_{}.ports", self.child.id()));
+        let ports_file = self.dir.path().join(format!("nats-server_{}.ports", self.child.id()));
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "nats-server exited with {status} during start-up; log:\n{}",
-                    self.log()
-                );
+                bail!("nats-server exited with {status} during start-up; log:\n{}", self.log());
             }
             if let Ok(text) = std::fs::read_to_string(&ports_file) {
-                self.client_url =
-                    first_loopback(&text, "nats").context("no client port in ports file")?;
+                self.client_url = first_loopback(&text, "nats").context("no client port in ports file")?;
                 self.websocket_url = first_loopback(&text, "websocket").unwrap_or_default();
                 let address = self.client_url.trim_start_matches("nats://").to_owned();
                 if std::net::TcpStream::connect(&address).is_ok() {
@@ -104,10 +86,7 @@ impl NatsServer {
                 }
             }
             if started.elapsed() > STARTUP_LIMIT {
-                bail!(
-                    "nats-server did not come up within {STARTUP_LIMIT:?}; log:\n{}",
-                    self.log()
-                );
+                bail!("nats-server did not come up within {STARTUP_LIMIT:?}; log:\n{}", self.log());
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -139,9 +118,7 @@ fn first_loopback(ports_file: &str, kind: &str) -> Option<String> {
     let start = ports_file.find(&format!("\"{kind}\":["))?;
     let list = &ports_file[start..];
     let list = &list[..list.find(']')?];
-    list.split('"')
-        .find(|item| item.contains("://127.0.0.1:"))
-        .map(str::to_owned)
+    list.split('"').find(|item| item.contains("://127.0.0.1:")).map(str::to_owned)
 }
 
 /// A child process tied to a test: killed on drop, its output kept in a log file for failures.
@@ -166,11 +143,7 @@ impl Process {
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawning {command:?}"))?;
-        Ok(Process {
-            child,
-            log_path,
-            _dir: dir,
-        })
+        Ok(Process { child, log_path, _dir: dir })
     }
 
     pub fn id(&self) -> u32 {
@@ -179,10 +152,7 @@ impl Process {
 
     /// Sends a signal by name (`KILL`, `TERM`, `STOP`, `CONT`) with the system's `kill`.
     pub fn signal(&self, signal: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.id().to_string())
-            .status()?;
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.id().to_string()).status()?;
         if !status.success() {
             bail!("kill -{signal} {} failed", self.id());
         }
@@ -213,15 +183,10 @@ mod tests {
 
     #[test]
     fn reads_the_loopback_address_of_each_listener() {
-        let text = r#"{"nats":["nats://[::1]:1","nats://127.0.0.1:4222"],"websocket":["ws://127.0.0.1:9222"]}"#;
-        assert_eq!(
-            first_loopback(text, "nats").as_deref(),
-            Some("nats://127.0.0.1:4222")
-        );
-        assert_eq!(
-            first_loopback(text, "websocket").as_deref(),
-            Some("ws://127.0.0.1:9222")
-        );
+        let text =
+            r#"{"nats":["nats://[::1]:1","nats://127.0.0.1:4222"],"websocket":["ws://127.0.0.1:9222"]}"#;
+        assert_eq!(first_loopback(text, "nats").as_deref(), Some("nats://127.0.0.1:4222"));
+        assert_eq!(first_loopback(text, "websocket").as_deref(), Some("ws://127.0.0.1:9222"));
         assert_eq!(first_loopback(text, "leafnodes"), None);
     }
 }

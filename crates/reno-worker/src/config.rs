@@ -18,18 +18,9 @@ impl PoolConfig {
     /// The defaults per priority: urgent traffic gets the widest pool.
     pub fn default_for(priority: Priority) -> Self {
         match priority {
-            Priority::High => PoolConfig {
-                concurrency: 256,
-                threads: 1,
-            },
-            Priority::Normal => PoolConfig {
-                concurrency: 256,
-                threads: 1,
-            },
-            Priority::Low => PoolConfig {
-                concurrency: 64,
-                threads: 1,
-            },
+            Priority::High => PoolConfig { concurrency: 256, threads: 1 },
+            Priority::Normal => PoolConfig { concurrency: 256, threads: 1 },
+            Priority::Low => PoolConfig { concurrency: 64, threads: 1 },
         }
     }
 }

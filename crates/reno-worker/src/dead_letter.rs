@@ -32,10 +32,7 @@ pub(crate) async fn file(
     let mut headers = HeaderMap::new();
     // The stream position identifies the event even when its envelope is unreadable; as the
     // message id it makes filing the same event twice (a crash in between) a no-op.
-    headers.insert(
-        "Nats-Msg-Id",
-        format!("{}-{}", origin.stream, origin.sequence).as_str(),
-    );
+    headers.insert("Nats-Msg-Id", format!("{}-{}", origin.stream, origin.sequence).as_str());
     headers.insert(REASON_HEADER, header_value(reason).as_str());
     headers.insert(REASON_CODE_HEADER, code);
     headers.insert(SUBJECT_HEADER, header_value(origin.subject).as_str());
@@ -43,11 +40,7 @@ pub(crate) async fn file(
     headers.insert(SEQUENCE_HEADER, origin.sequence.to_string().as_str());
     headers.insert(DELIVERIES_HEADER, origin.deliveries.to_string().as_str());
     jetstream
-        .publish_with_headers(
-            subject::dead_letter_subject(priority, code),
-            headers,
-            payload,
-        )
+        .publish_with_headers(subject::dead_letter_subject(priority, code), headers, payload)
         .await?
         .await?;
     Ok(())
@@ -56,16 +49,7 @@ pub(crate) async fn file(
 /// A header value must be one line of printable text: anything else from untrusted input is
 /// replaced, and the value is cut to a readable length.
 fn header_value(text: &str) -> String {
-    text.chars()
-        .take(1000)
-        .map(|character| {
-            if character.is_control() {
-                ' '
-            } else {
-                character
-            }
-        })
-        .collect()
+    text.chars().take(1000).map(|character| if character.is_control() { ' ' } else { character }).collect()
 }
 
 #[cfg(test)]

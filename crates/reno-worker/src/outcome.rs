@@ -42,8 +42,7 @@ impl Outcome {
 }
 
 pub(crate) fn count_received(priority: Priority) {
-    metrics::counter!(EVENTS_METRIC, "priority" => priority.as_str(), "outcome" => "received")
-        .increment(1);
+    metrics::counter!(EVENTS_METRIC, "priority" => priority.as_str(), "outcome" => "received").increment(1);
 }
 
 pub(crate) fn count(priority: Priority, outcome: Outcome, seconds_since_published: f64) {
@@ -54,7 +53,6 @@ pub(crate) fn count(priority: Priority, outcome: Outcome, seconds_since_publishe
             .increment(1);
     }
     if outcome == Outcome::Delivered {
-        metrics::histogram!(LATENCY_METRIC, "priority" => priority.as_str())
-            .record(seconds_since_published);
+        metrics::histogram!(LATENCY_METRIC, "priority" => priority.as_str()).record(seconds_since_published);
     }
 }

@@ -55,12 +55,8 @@ impl Pipeline {
             warn!(subject = %message.subject, "message without JetStream metadata; ignored");
             return;
         };
-        let (stream, sequence, deliveries, published) = (
-            info.stream.to_owned(),
-            info.stream_sequence,
-            info.delivered,
-            info.published,
-        );
+        let (stream, sequence, deliveries, published) =
+            (info.stream.to_owned(), info.stream_sequence, info.delivered, info.published);
         let span = tracing::debug_span!(
             "event",
             priority = %self.priority,
@@ -70,9 +66,7 @@ impl Pipeline {
             event_id = tracing::field::Empty,
             member = tracing::field::Empty,
         );
-        self.settle(&message, &stream, sequence, deliveries, published)
-            .instrument(span)
-            .await;
+        self.settle(&message, &stream, sequence, deliveries, published).instrument(span).await;
     }
 
     async fn settle(
@@ -84,12 +78,7 @@ impl Pipeline {
         published: OffsetDateTime,
     ) {
         outcome::count_received(self.priority);
-        let origin = Origin {
-            subject: message.subject.as_str(),
-            stream,
-            sequence,
-            deliveries,
-        };
+        let origin = Origin { subject: message.subject.as_str(), stream, sequence, deliveries };
 
         let outcome = match self.process(message, published, deliveries).await {
             Ok(outcome) => {
@@ -97,13 +86,11 @@ impl Pipeline {
                 outcome
             }
             Err(Failure::Permanent(invalid)) => {
-                self.dead_letter(message, &origin, invalid.code(), &invalid.to_string())
-                    .await
+                self.dead_letter(message, &origin, invalid.code(), &invalid.to_string()).await
             }
             Err(Failure::Transient(error)) if deliveries >= self.max_deliveries => {
                 let reason = format!("gave up after {deliveries} deliveries: {error}");
-                self.dead_letter(message, &origin, "retries_exhausted", &reason)
-                    .await
+                self.dead_letter(message, &origin, "retries_exhausted", &reason).await
             }
             Err(Failure::Transient(error)) => {
                 warn!(%error, "transient failure; will retry");
@@ -111,9 +98,7 @@ impl Pipeline {
                 Outcome::Retried
             }
         };
-        let seconds = (OffsetDateTime::now_utc() - published)
-            .as_seconds_f64()
-            .max(0.0);
+        let seconds = (OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0);
         debug!(outcome = outcome.label(), seconds, "handled");
         outcome::count(self.priority, outcome, seconds);
     }
@@ -124,8 +109,8 @@ impl Pipeline {
         published: OffsetDateTime,
         deliveries: i64,
     ) -> Result<Outcome, Failure> {
-        let envelope = Envelope::decode_from(message.subject.as_str(), &message.payload)
-            .map_err(Failure::Permanent)?;
+        let envelope =
+            Envelope::decode_from(message.subject.as_str(), &message.payload).map_err(Failure::Permanent)?;
         let route = envelope.route(&self.registry).map_err(Failure::Permanent)?;
         let span = tracing::Span::current();
         span.record("event_id", envelope.id.as_str());
@@ -140,13 +125,11 @@ impl Pipeline {
             return Ok(Outcome::Duplicate);
         }
 
-        let published_at_ms =
-            u64::try_from(published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let published_at_ms = u64::try_from(published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let mut written_any = false;
         let mut existing_any = false;
         for device_type in &route.targets {
-            let mut notification =
-                Notification::from_event(&envelope, device_type, published_at_ms);
+            let mut notification = Notification::from_event(&envelope, device_type, published_at_ms);
             let key = subject::history_key(
                 &envelope.member,
                 device_type,
@@ -194,21 +177,13 @@ impl Pipeline {
     /// A notification that never collapses: its key holds the event id, so `create` both writes it
     /// and tells a repeat of the same event apart, across any number of workers.
     async fn write_once(&self, key: &str, notification: &Notification) -> Result<Written, Failure> {
-        match self
-            .history
-            .create(key, Bytes::from(notification.encode()))
-            .await
-        {
+        match self.history.create(key, Bytes::from(notification.encode())).await {
             Ok(revision) => Ok(Written::New(revision)),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let entry = self.history.entry(key).await.map_err(transient)?;
-                entry
-                    .map(|entry| Written::Existing(entry.revision))
-                    .ok_or_else(|| {
-                        Failure::Transient(format!(
-                            "history key {key} exists and vanished while read"
-                        ))
-                    })
+                entry.map(|entry| Written::Existing(entry.revision)).ok_or_else(|| {
+                    Failure::Transient(format!("history key {key} exists and vanished while read"))
+                })
             }
             Err(error) => Err(transient(error)),
         }
@@ -216,11 +191,7 @@ impl Pipeline {
 
     /// A collapsing notification replaces the one under its key unless that one is newer (by the
     /// server's receive time), with a compare-and-set so that concurrent workers cannot interleave.
-    async fn write_collapsing(
-        &self,
-        key: &str,
-        notification: &Notification,
-    ) -> Result<Written, Failure> {
+    async fn write_collapsing(&self, key: &str, notification: &Notification) -> Result<Written, Failure> {
         let value = Bytes::from(notification.encode());
         for _attempt in 0..8 {
             let current = self.history.entry(key).await.map_err(transient)?;
@@ -240,11 +211,7 @@ impl Pipeline {
                             return Ok(Written::Superseded);
                         }
                     }
-                    match self
-                        .history
-                        .update(key, value.clone(), entry.revision)
-                        .await
-                    {
+                    match self.history.update(key, value.clone(), entry.revision).await {
                         Ok(revision) => return Ok(Written::New(revision)),
                         Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                             continue;
@@ -255,22 +222,13 @@ impl Pipeline {
             };
             return result;
         }
-        Err(Failure::Transient(format!(
-            "history key {key} kept changing under concurrent writers"
-        )))
+        Err(Failure::Transient(format!("history key {key} kept changing under concurrent writers")))
     }
 
     /// Best-effort push to the devices of this type that are online now.
-    async fn push(
-        &self,
-        device_type: &DeviceType,
-        notification: &Notification,
-    ) -> Result<(), Failure> {
+    async fn push(&self, device_type: &DeviceType, notification: &Notification) -> Result<(), Failure> {
         let subject = subject::push_subject(&notification.member, device_type);
-        self.client
-            .publish(subject, Bytes::from(notification.encode()))
-            .await
-            .map_err(transient)
+        self.client.publish(subject, Bytes::from(notification.encode())).await.map_err(transient)
     }
 
     async fn dead_letter(
@@ -280,21 +238,9 @@ impl Pipeline {
         code: &'static str,
         reason: &str,
     ) -> Outcome {
-        warn!(
-            code,
-            reason,
-            subject = origin.subject,
-            "dead-lettering event"
-        );
-        match dead_letter::file(
-            &self.jetstream,
-            self.priority,
-            code,
-            reason,
-            origin,
-            message.payload.clone(),
-        )
-        .await
+        warn!(code, reason, subject = origin.subject, "dead-lettering event");
+        match dead_letter::file(&self.jetstream, self.priority, code, reason, origin, message.payload.clone())
+            .await
         {
             Ok(()) => {
                 ack(message, AckKind::Term).await;

@@ -19,34 +19,18 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("priority {priority}: cannot connect to NATS at {url}: {source}")]
-    Connect {
-        priority: Priority,
-        url: String,
-        source: async_nats::ConnectError,
-    },
-    #[error(
-        "priority {priority}: {what} is missing or unreachable ({source}); run `reno provision` first"
-    )]
-    Topology {
-        priority: Priority,
-        what: String,
-        source: async_nats::Error,
-    },
+    Connect { priority: Priority, url: String, source: async_nats::ConnectError },
+    #[error("priority {priority}: {what} is missing or unreachable ({source}); run `reno provision` first")]
+    Topology { priority: Priority, what: String, source: async_nats::Error },
     #[error("priority {priority}: cannot start its runtime: {source}")]
-    Runtime {
-        priority: Priority,
-        source: std::io::Error,
-    },
+    Runtime { priority: Priority, source: std::io::Error },
     #[error("priority {priority}: its pipeline stopped unexpectedly")]
     Stopped { priority: Priority },
 }
 
 /// Runs the pipelines of every configured priority until `shutdown` completes, then drains them.
 /// Returns early with an error if a priority cannot start.
-pub async fn run(
-    config: WorkerConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), WorkerError> {
+pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     let (stop_sender, stop_receiver) = watch::channel(false);
     let (done_sender, mut done_receiver) = mpsc::unbounded_channel();
     let mut threads = Vec::new();
@@ -63,9 +47,7 @@ pub async fn run(
                     .enable_all()
                     .build()
                     .map_err(|source| WorkerError::Runtime { priority, source })
-                    .and_then(|runtime| {
-                        runtime.block_on(run_priority(&config, priority, pool, stop))
-                    });
+                    .and_then(|runtime| runtime.block_on(run_priority(&config, priority, pool, stop)));
                 let _ = done.send((priority, result));
             })
             .map_err(|source| WorkerError::Runtime { priority, source })?;
@@ -103,11 +85,7 @@ async fn run_priority(
     async move {
         let client = reno_nats::connect(&config.nats_url, &format!("reno-worker-{priority}"))
             .await
-            .map_err(|source| WorkerError::Connect {
-                priority,
-                url: config.nats_url.clone(),
-                source,
-            })?;
+            .map_err(|source| WorkerError::Connect { priority, url: config.nats_url.clone(), source })?;
         let jetstream = jetstream::new(client.clone());
         let stream_name = subject::priority_stream(priority);
         let stream = jetstream
@@ -134,11 +112,7 @@ async fn run_priority(
                 .build(),
             max_deliveries: config.max_deliveries,
         });
-        info!(
-            concurrency = pool.concurrency,
-            threads = pool.threads,
-            "worker started"
-        );
+        info!(concurrency = pool.concurrency, threads = pool.threads, "worker started");
 
         while !*stop.borrow() {
             let messages = match consumer

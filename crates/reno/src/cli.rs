@@ -6,11 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use reno_model::{CollapseKey, DeviceType, EventId, EventType, MemberId, Priority};
 
 #[derive(Parser)]
-#[command(
-    name = "reno",
-    version,
-    about = "Rapid Event Notification System on NATS JetStream"
-)]
+#[command(name = "reno", version, about = "Rapid Event Notification System on NATS JetStream")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -106,11 +102,7 @@ pub struct UpArgs {
     #[command(flatten)]
     pub run: RunArgs,
     /// Where devices connect, printed for the user (the websocket listener of nats/dev.conf).
-    #[arg(
-        long,
-        env = "RENO_WEBSOCKET_URL",
-        default_value = "ws://127.0.0.1:9222"
-    )]
+    #[arg(long, env = "RENO_WEBSOCKET_URL", default_value = "ws://127.0.0.1:9222")]
     pub websocket_url: String,
 }
 
@@ -148,11 +140,7 @@ pub struct PublishArgs {
 #[derive(Args, Clone)]
 pub struct DeviceArgs {
     /// The edge's websocket address.
-    #[arg(
-        long,
-        env = "RENO_WEBSOCKET_URL",
-        default_value = "ws://127.0.0.1:9222"
-    )]
+    #[arg(long, env = "RENO_WEBSOCKET_URL", default_value = "ws://127.0.0.1:9222")]
     pub url: String,
     #[arg(long)]
     pub member: MemberId,
@@ -184,12 +172,8 @@ impl std::str::FromStr for MetricsAddr {
 }
 
 fn parse_priority_number(value: &str) -> Result<(Priority, usize), String> {
-    let (priority, number) = value
-        .split_once('=')
-        .ok_or_else(|| format!("{value:?} is not PRIORITY=N"))?;
-    let number: usize = number
-        .parse()
-        .map_err(|_| format!("{number:?} is not a whole number"))?;
+    let (priority, number) = value.split_once('=').ok_or_else(|| format!("{value:?} is not PRIORITY=N"))?;
+    let number: usize = number.parse().map_err(|_| format!("{number:?} is not a whole number"))?;
     if number == 0 {
         return Err("must be at least 1".into());
     }

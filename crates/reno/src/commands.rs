@@ -14,9 +14,7 @@ use reno_worker::{PoolConfig, WorkerConfig};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::cli::{
-    Cli, Command, DeviceArgs, ProvisionArgs, PublishArgs, RunArgs, UpArgs, WorkerArgs,
-};
+use crate::cli::{Cli, Command, DeviceArgs, ProvisionArgs, PublishArgs, RunArgs, UpArgs, WorkerArgs};
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -85,18 +83,13 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     let registry = load_registry(&args.registry.registry)?;
     let mut config = WorkerConfig::new(args.connect.nats_url.clone(), registry);
     config.max_deliveries = args.max_deliveries.max(1);
-    let priorities = if args.priorities.is_empty() {
-        Priority::ALL.to_vec()
-    } else {
-        args.priorities.clone()
-    };
+    let priorities =
+        if args.priorities.is_empty() { Priority::ALL.to_vec() } else { args.priorities.clone() };
     config.pools = priorities
         .into_iter()
         .map(|priority| {
             let mut pool = PoolConfig::default_for(priority);
-            if let Some((_, concurrency)) =
-                args.concurrency.iter().rev().find(|(p, _)| *p == priority)
-            {
+            if let Some((_, concurrency)) = args.concurrency.iter().rev().find(|(p, _)| *p == priority) {
                 pool.concurrency = *concurrency;
             }
             if let Some((_, threads)) = args.threads.iter().rev().find(|(p, _)| *p == priority) {
@@ -141,9 +134,9 @@ async fn publish(args: PublishArgs) -> Result<()> {
     let json: serde_json::Value =
         serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
     let envelope = Envelope {
-        id: args.id.unwrap_or_else(|| {
-            EventId::new(nuid::next().to_string()).expect("a nuid is a safe token")
-        }),
+        id: args
+            .id
+            .unwrap_or_else(|| EventId::new(nuid::next().to_string()).expect("a nuid is a safe token")),
         event_type: args.event_type,
         member: args.member,
         occurred_at_ms: args.occurred_at_ms.unwrap_or_else(now_ms),
@@ -202,9 +195,7 @@ async fn device(args: DeviceArgs) -> Result<()> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Completes once SIGINT or SIGTERM arrives; any number of tasks can wait on it.
@@ -215,9 +206,8 @@ impl Shutdown {
     fn on_signal() -> Self {
         let (sender, receiver) = watch::channel(false);
         tokio::spawn(async move {
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = terminate.recv() => {}
