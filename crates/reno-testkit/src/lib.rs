@@ -3,6 +3,7 @@
 //! device) tied to a test so that nothing outlives it.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -77,11 +78,13 @@ impl NatsServer {
             if let Some(status) = self.child.try_wait()? {
                 bail!("nats-server exited with {status} during start-up; log:\n{}", self.log());
             }
-            if let Ok(text) = std::fs::read_to_string(&ports_file) {
-                self.client_url = first_loopback(&text, "nats").context("no client port in ports file")?;
-                self.websocket_url = first_loopback(&text, "websocket").unwrap_or_default();
-                let address = self.client_url.trim_start_matches("nats://").to_owned();
+            // The file may be half written when first seen: read it again until it parses.
+            let text = std::fs::read_to_string(&ports_file).unwrap_or_default();
+            if let Some(client_url) = first_loopback(&text, "nats") {
+                let address = client_url.trim_start_matches("nats://").to_owned();
                 if std::net::TcpStream::connect(&address).is_ok() {
+                    self.client_url = client_url;
+                    self.websocket_url = first_loopback(&text, "websocket").unwrap_or_default();
                     return Ok(());
                 }
             }
@@ -115,10 +118,8 @@ impl Drop for NatsServer {
 
 /// Picks the `127.0.0.1` address of one listener kind out of nats-server's ports file (JSON).
 fn first_loopback(ports_file: &str, kind: &str) -> Option<String> {
-    let start = ports_file.find(&format!("\"{kind}\":["))?;
-    let list = &ports_file[start..];
-    let list = &list[..list.find(']')?];
-    list.split('"').find(|item| item.contains("://127.0.0.1:")).map(str::to_owned)
+    let listeners: HashMap<String, Vec<String>> = serde_json::from_str(ports_file).ok()?;
+    listeners.get(kind)?.iter().find(|address| address.contains("://127.0.0.1:")).cloned()
 }
 
 /// A child process tied to a test: killed on drop, its output kept in a log file for failures.
