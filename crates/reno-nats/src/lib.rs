@@ -8,6 +8,6 @@ pub mod connect;
 pub mod publisher;
 pub mod topology;
 
-pub use connect::connect;
+pub use connect::{connect, connect_patiently};
 pub use publisher::{PublishError, Publisher};
 pub use topology::{ProvisionError, Topology, provision};

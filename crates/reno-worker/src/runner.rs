@@ -18,8 +18,6 @@ use crate::{
 /// Why a worker could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("priority {priority}: cannot connect to NATS at {url}: {source}")]
-    Connect { priority: Priority, url: String, source: async_nats::ConnectError },
     #[error("priority {priority}: {what} is missing or unreachable ({source}); run `reno provision` first")]
     Topology { priority: Priority, what: String, source: async_nats::Error },
     #[error("priority {priority}: cannot start its runtime: {source}")]
@@ -83,9 +81,7 @@ async fn run_priority(
 ) -> Result<(), WorkerError> {
     let span = info_span!("worker", %priority, stream = subject::priority_stream(priority), consumer = subject::WORKER_CONSUMER);
     async move {
-        let client = reno_nats::connect(&config.nats_url, &format!("reno-worker-{priority}"))
-            .await
-            .map_err(|source| WorkerError::Connect { priority, url: config.nats_url.clone(), source })?;
+        let client = reno_nats::connect_patiently(&config.nats_url, &format!("reno-worker-{priority}")).await;
         let jetstream = jetstream::new(client.clone());
         let stream_name = subject::priority_stream(priority);
         let stream = jetstream

@@ -22,7 +22,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Provision(args) => provision(&args).await,
         Command::Worker(args) => worker(args).await,
         Command::PullService(args) => {
-            let client = reno_nats::connect(&args.nats_url, "reno-pull").await?;
+            let client = reno_nats::connect_patiently(&args.nats_url, "reno-pull").await;
             let stop = Shutdown::on_signal();
             reno_pull::run(client, stop.wait()).await?;
             Ok(())
@@ -38,7 +38,7 @@ fn load_registry(path: &std::path::Path) -> Result<Arc<Registry>> {
 
 async fn provision(args: &ProvisionArgs) -> Result<()> {
     let registry = load_registry(&args.registry.registry)?;
-    let client = reno_nats::connect(&args.connect.nats_url, "reno-provision").await?;
+    let client = connect(&args.connect.nats_url, "reno-provision").await?;
     let jetstream = async_nats::jetstream::new(client);
     let topology = Topology {
         replicas: args.replicas,
@@ -60,7 +60,7 @@ async fn up(args: UpArgs) -> Result<()> {
     let nats_url = args.provision.connect.nats_url.clone();
     let metrics = start_metrics(&args.run)?;
     let stop = Shutdown::on_signal();
-    let pull_client = reno_nats::connect(&nats_url, "reno-pull").await?;
+    let pull_client = reno_nats::connect_patiently(&nats_url, "reno-pull").await;
     let pull = tokio::spawn(reno_pull::run(pull_client, stop.wait()));
     let program = std::env::args().next().unwrap_or_else(|| "reno".into());
     println!("reno is running (Ctrl-C stops it)");
@@ -144,7 +144,7 @@ async fn publish(args: PublishArgs) -> Result<()> {
         targets: (!args.targets.is_empty()).then_some(args.targets),
         collapse_key: args.collapse_key,
     };
-    let client = reno_nats::connect(&args.connect.nats_url, "reno-publish").await?;
+    let client = connect(&args.connect.nats_url, "reno-publish").await?;
     let mut publisher = Publisher::new(client.clone());
     if let Some(path) = &args.registry {
         publisher = publisher.with_registry(load_registry(path)?);
@@ -192,6 +192,13 @@ async fn device(args: DeviceArgs) -> Result<()> {
         printed += 1;
     }
     Ok(())
+}
+
+/// Connects once for a one-shot command, saying what to check when no server answers.
+async fn connect(url: &str, name: &str) -> Result<async_nats::Client> {
+    reno_nats::connect(url, name).await.with_context(|| {
+        format!("cannot connect to NATS at {url}; is nats-server running (scripts/dev starts one)?")
+    })
 }
 
 fn now_ms() -> u64 {
