@@ -15,7 +15,7 @@ import uuid
 
 import cbor2
 import nats
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError
 
 
 async def publish(url, event_type, member, payload, event_id, targets, collapse_key):
@@ -61,6 +61,9 @@ def main():
         )
     except NoStreamResponseError:
         print(f"refused: no stream captures reno.evt.{args.type}.{args.member} (unknown event type?)", file=sys.stderr)
+        sys.exit(1)
+    except APIError as error:
+        print(f"refused by the server: {error.description} (code {error.err_code})", file=sys.stderr)
         sys.exit(1)
     print(json.dumps({"id": event_id, "stream": ack.stream, "sequence": ack.seq, "duplicate": bool(ack.duplicate)}))
 

@@ -7,5 +7,6 @@ mod support;
 mod dead_letters;
 mod delivery;
 mod gates;
+mod local_run;
 mod pull;
 mod resilience;

@@ -58,6 +58,18 @@ async fn an_offline_device_gets_exactly_what_it_missed_in_order() {
     let notification = next_notification(&mut tv).await;
     assert_eq!(notification.id, live.id);
     assert!(notification.seq > *seqs.last().unwrap());
+    // The cursor to persist moves only with pulls (pushes may arrive out of history order): the
+    // live one came by push or by a catch-up pull, and a device restarted from the cursor gets it
+    // again exactly when the cursor is below it. At least once, never lost.
+    let cursor = tv.cursor();
+    assert!((*seqs.last().unwrap()..=notification.seq).contains(&cursor), "cursor {cursor}");
+    let again: Vec<_> = stack.pull_page("frank", "tv", cursor, 100).await.notifications;
+    let again: Vec<_> = again.into_iter().map(|notification| notification.id).collect();
+    if cursor < notification.seq {
+        assert_eq!(again, [live.id]);
+    } else {
+        assert!(again.is_empty());
+    }
 }
 
 #[tokio::test]

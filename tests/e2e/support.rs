@@ -109,14 +109,23 @@ impl Stack {
     }
 
     /// Starts `reno pull-service` and waits until it answers the NATS service API's ping.
-    pub async fn start_pull_service(&mut self) {
-        let process = Process::spawn(self.reno(&["pull-service"])).expect("start reno pull-service");
-        self.processes.push((process, 0));
+    pub async fn start_pull_service(&mut self) -> usize {
+        let port = free_port();
+        let metrics = format!("127.0.0.1:{port}");
+        let process = Process::spawn(self.reno(&["pull-service", "--metrics-addr", &metrics]))
+            .expect("start reno pull-service");
+        self.processes.push((process, port));
         let ping = format!("$SRV.PING.{}", reno_model::subject::PULL_SERVICE);
-        eventually("the pull service answers a ping", || async {
-            self.client.request(ping.clone(), "".into()).await.is_ok()
-        })
-        .await;
+        let started = Instant::now();
+        while self.client.request(ping.clone(), "".into()).await.is_err() {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the pull service does not answer; output:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.processes.len() - 1
     }
 
     /// Starts the pull service and a worker for every priority.
@@ -127,6 +136,10 @@ impl Stack {
 
     pub fn process(&self, index: usize) -> &Process {
         &self.processes[index].0
+    }
+
+    pub fn process_mut(&mut self, index: usize) -> &mut Process {
+        &mut self.processes[index].0
     }
 
     /// One counter of a worker's metrics (0 while it has not been counted yet).

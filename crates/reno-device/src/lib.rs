@@ -75,12 +75,14 @@ pub struct Device {
     missed: mpsc::UnboundedReceiver<()>,
     /// A catch-up pull is owed (after a reconnect, or when `seen` is full); kept until one succeeds.
     catch_up_owed: bool,
-    /// Everything up to here has been pulled: the cursor to persist and to pull from next.
-    cursor: u64,
-    /// Seqs above the cursor already handed to the app (by push), so a pull does not repeat them.
+    /// Every history entry up to here has been pulled: the next pull starts after it.
+    pulled: u64,
+    /// Every history entry up to here has been handed to the app: the cursor to persist.
+    handed: u64,
+    /// Seqs above `pulled` already queued or handed (pushes), so that a pull does not repeat them.
     seen: BTreeSet<u64>,
-    /// Events ready for the app, in order.
-    ready: VecDeque<DeviceEvent>,
+    /// Events ready for the app, in order, each with the cursor that holds once it is handed out.
+    ready: VecDeque<(DeviceEvent, Option<u64>)>,
 }
 
 impl Device {
@@ -113,7 +115,8 @@ impl Device {
             pushes,
             missed,
             catch_up_owed: true,
-            cursor,
+            pulled: cursor,
+            handed: cursor,
             seen: BTreeSet::new(),
             ready: VecDeque::new(),
         };
@@ -132,7 +135,10 @@ impl Device {
             if self.catch_up_owed {
                 self.catch_up().await?;
             }
-            if let Some(event) = self.ready.pop_front() {
+            if let Some((event, cursor)) = self.ready.pop_front() {
+                if let Some(cursor) = cursor {
+                    self.handed = cursor;
+                }
                 return Ok(event);
             }
             tokio::select! {
@@ -140,7 +146,7 @@ impl Device {
                 push = self.pushes.next() => {
                     let Some(message) = push else { return Err(DeviceError::Closed) };
                     match Notification::decode(&message.payload) {
-                        Ok(notification) => self.accept(notification),
+                        Ok(notification) => self.accept(notification, None),
                         Err(error) => warn!(%error, "unreadable push dropped"),
                     }
                 }
@@ -148,9 +154,10 @@ impl Device {
         }
     }
 
-    /// The cursor to persist: every notification up to it has been handed out.
+    /// The cursor to persist: every notification up to it has been handed out by `next`. Pushes
+    /// handed out above it come again after a restart from it (apply notifications idempotently).
     pub fn cursor(&self) -> u64 {
-        self.cursor
+        self.handed
     }
 
     /// Pulls every page after the cursor now (call at app lifecycle points such as resume).
@@ -159,16 +166,22 @@ impl Device {
             let page = self.pull_page().await?;
             if page.resync {
                 // The history restarts below or beyond our cursor: take the page as it comes.
-                self.ready.push_back(DeviceEvent::Resync);
+                self.ready.push_back((DeviceEvent::Resync, Some(0)));
                 self.seen.clear();
-                self.cursor = 0;
+                self.pulled = 0;
             }
             for notification in page.notifications {
-                self.accept(notification);
+                let seq = notification.seq;
+                self.accept(notification, Some(seq));
             }
-            self.cursor = self.cursor.max(page.next_cursor);
-            let cursor = self.cursor;
-            self.seen.retain(|seq| *seq > cursor);
+            self.pulled = self.pulled.max(page.next_cursor);
+            // The page's end becomes the app's cursor once everything queued before it is handed out.
+            let pulled = self.pulled;
+            match self.ready.back_mut() {
+                Some((_, cursor)) => *cursor = Some(cursor.unwrap_or(0).max(pulled)),
+                None => self.handed = pulled,
+            }
+            self.seen.retain(|seq| *seq > pulled);
             if !page.more {
                 break;
             }
@@ -178,7 +191,7 @@ impl Device {
     }
 
     async fn pull_page(&self) -> Result<PullPage, DeviceError> {
-        let request = PullRequest { cursor: self.cursor, limit: Some(self.config.page_limit) };
+        let request = PullRequest { cursor: self.pulled, limit: Some(self.config.page_limit) };
         let subject = subject::pull_subject(&self.config.member, &self.config.device_type);
         let response =
             tokio::time::timeout(PULL_TIMEOUT, self.client.request(subject, request.encode().into()))
@@ -195,18 +208,19 @@ impl Device {
         PullPage::decode(&response.payload).map_err(|error| DeviceError::Pull(error.to_string()))
     }
 
-    /// Queues a notification for the app unless it was handed out before or is not this device's.
-    fn accept(&mut self, notification: Notification) {
+    /// Queues a notification for the app unless it was queued before or is not this device's;
+    /// `cursor` is what the app's cursor becomes once it is handed out (pushes leave it as is).
+    fn accept(&mut self, notification: Notification, cursor: Option<u64>) {
         if notification.member != self.config.member || notification.device_type != self.config.device_type {
             warn!(seq = notification.seq, "notification for another member or device type dropped");
             return;
         }
-        if notification.seq <= self.cursor || !self.seen.insert(notification.seq) {
+        if notification.seq <= self.pulled || !self.seen.insert(notification.seq) {
             return;
         }
         if self.seen.len() > MAX_SEEN {
             self.catch_up_owed = true;
         }
-        self.ready.push_back(DeviceEvent::Notification(notification));
+        self.ready.push_back((DeviceEvent::Notification(notification), cursor));
     }
 }

@@ -8,7 +8,7 @@ use crate::{
     codec::{self, DecodeError, MAX_EVENT_BYTES},
     registry::{Registry, TypeSpec, join},
     subject,
-    token::{CollapseKey, DeviceType, EventId, EventType, MemberId, TokenError},
+    token::{CollapseKey, DeviceType, EventId, EventType, MemberId},
 };
 
 /// One event, as services publish it (CBOR map with these keys).
@@ -53,8 +53,6 @@ pub enum InvalidEvent {
     CollapseKeyNotAllowed { event_type: String },
     #[error("targets is empty; leave it out to reach every device type of the event type")]
     EmptyTargets,
-    #[error(transparent)]
-    Token(#[from] TokenError),
 }
 
 /// An absent payload reads as CBOR null.
@@ -69,7 +67,7 @@ impl InvalidEvent {
             InvalidEvent::Decode(DecodeError::TooLarge { .. }) => "too_large",
             InvalidEvent::Decode(DecodeError::TooDeep) => "too_deep",
             InvalidEvent::Decode(DecodeError::Malformed(_)) => "malformed",
-            InvalidEvent::BadSubject { .. } | InvalidEvent::Token(_) => "bad_subject",
+            InvalidEvent::BadSubject { .. } => "bad_subject",
             InvalidEvent::SubjectMismatch { .. } => "subject_mismatch",
             InvalidEvent::UnknownType { .. } => "unknown_type",
             InvalidEvent::TargetNotAllowed { .. } | InvalidEvent::EmptyTargets => "bad_target",

@@ -1,6 +1,7 @@
 //! Reading one member's history for one device type, in pages, straight from the history bucket's
 //! stream with a batched direct get: no consumer is created per device, so a reconnect storm costs
-//! the server one request per page and nothing it must clean up afterwards.
+//! the server two requests per page (the stream's bounds, then the batch) and nothing it must clean
+//! up afterwards.
 
 use std::time::Duration;
 
@@ -64,9 +65,11 @@ impl HistoryReader {
         } else {
             (request.cursor, false)
         };
-        let (notifications, remaining) = self.read(member, device_type, start_after + 1, limit).await?;
-        let next_cursor = notifications.last().map_or(start_after, |notification| notification.seq);
-        Ok(PullPage { notifications, next_cursor, more: remaining > 0, resync })
+        let read = self.read(member, device_type, start_after + 1, limit).await?;
+        // The last entry read, not the last notification returned: entries skipped as deleted or
+        // unreadable must not be read again, or a page of them would repeat forever.
+        let next_cursor = read.last_seq.unwrap_or(start_after);
+        Ok(PullPage { notifications: read.notifications, next_cursor, more: read.remaining > 0, resync })
     }
 
     async fn bounds(&self) -> Result<Bounds, HistoryError> {
@@ -82,14 +85,14 @@ impl HistoryReader {
 
     /// Batched direct get (ADR-31): up to `limit` messages matching the filter from `start_seq` on,
     /// answered as a series of messages closed by a 204 "EOB" status (or 404 when none match).
-    /// Returns the notifications and how many matching entries remain after them.
+    /// A 204 carries `Nats-Num-Pending`: how many matching messages remain after the batch.
     async fn read(
         &self,
         member: &MemberId,
         device_type: &DeviceType,
         start_seq: u64,
         limit: u32,
-    ) -> Result<(Vec<Notification>, u64), HistoryError> {
+    ) -> Result<Read, HistoryError> {
         let inbox = self.client.new_inbox();
         let mut replies = self
             .client
@@ -109,8 +112,7 @@ impl HistoryReader {
             .await
             .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
 
-        let mut notifications = Vec::new();
-        let mut remaining = 0;
+        let mut read = Read { notifications: Vec::new(), last_seq: None, remaining: 0 };
         loop {
             let reply = tokio::time::timeout(PAGE_TIMEOUT, replies.next())
                 .await
@@ -119,7 +121,7 @@ impl HistoryReader {
             match reply.status {
                 Some(StatusCode::NOT_FOUND) => break,
                 Some(status) if status.as_u16() == 204 => {
-                    remaining = header_u64(reply.headers.as_ref(), "Nats-Num-Pending").unwrap_or(0);
+                    read.remaining = header_u64(reply.headers.as_ref(), "Nats-Num-Pending").unwrap_or(0);
                     break;
                 }
                 Some(StatusCode::NO_RESPONDERS) => {
@@ -135,6 +137,7 @@ impl HistoryReader {
             let Some(seq) = header_u64(headers, "Nats-Sequence") else {
                 return Err(HistoryError::Protocol("a history entry came without Nats-Sequence".into()));
             };
+            read.last_seq = Some(seq);
             let deleted = headers.and_then(|headers| headers.get("KV-Operation")).is_some();
             if deleted {
                 continue;
@@ -142,13 +145,23 @@ impl HistoryReader {
             match Notification::decode(&reply.payload) {
                 Ok(mut notification) => {
                     notification.seq = seq;
-                    notifications.push(notification);
+                    read.notifications.push(notification);
                 }
                 Err(error) => warn!(seq, %error, "unreadable history entry skipped"),
             }
         }
-        Ok((notifications, remaining))
+        Ok(read)
     }
+}
+
+/// What one batched read found.
+struct Read {
+    /// The readable notifications, in order.
+    notifications: Vec<Notification>,
+    /// The seq of the last entry read, readable or not.
+    last_seq: Option<u64>,
+    /// Matching entries left after this batch.
+    remaining: u64,
 }
 
 fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {

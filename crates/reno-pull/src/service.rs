@@ -12,6 +12,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::history::{HistoryError, HistoryReader};
 
+/// Counter of pull requests by result: `ok`, `bad_request` (400) or `error` (503, 504).
+pub const REQUESTS_METRIC: &str = "reno_pull_requests_total";
+
 /// Requests answered at once by one service instance.
 const MAX_CONCURRENT_REQUESTS: usize = 512;
 
@@ -76,7 +79,10 @@ pub async fn run(
 }
 
 async fn answer(reader: &HistoryReader, request: &service::Request) -> Result<Bytes, service::error::Error> {
-    let bad_request = |status: String| service::error::Error { status, code: 400 };
+    let bad_request = |status: String| {
+        metrics::counter!(REQUESTS_METRIC, "result" => "bad_request").increment(1);
+        service::error::Error { status, code: 400 }
+    };
     let Some((member, device_type)) = subject::parse_pull_subject(request.message.subject.as_str()) else {
         return Err(bad_request(
             "subject is not reno.pull.<member>.<device_type> with tokens of ASCII letters, digits, '-' or '_'".into(),
@@ -92,12 +98,12 @@ async fn answer(reader: &HistoryReader, request: &service::Request) -> Result<By
     match reader.page(&member, &device_type, pull).await {
         Ok(page) => {
             debug!(cursor = pull.cursor, count = page.notifications.len(), resync = page.resync, "page");
-            metrics::counter!("reno_pull_requests_total", "result" => "ok").increment(1);
+            metrics::counter!(REQUESTS_METRIC, "result" => "ok").increment(1);
             Ok(Bytes::from(page.encode()))
         }
         Err(error) => {
             warn!(%error, "pull failed");
-            metrics::counter!("reno_pull_requests_total", "result" => "error").increment(1);
+            metrics::counter!(REQUESTS_METRIC, "result" => "error").increment(1);
             let code = match error {
                 HistoryError::TimedOut => 504,
                 HistoryError::Unavailable(_) | HistoryError::Protocol(_) => 503,

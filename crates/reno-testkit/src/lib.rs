@@ -160,9 +160,9 @@ impl Process {
         Ok(())
     }
 
-    /// Waits for the process to exit on its own and returns whether it succeeded.
-    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
-        Ok(self.child.wait()?)
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 
     /// Everything the process printed so far.

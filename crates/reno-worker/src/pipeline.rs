@@ -52,7 +52,10 @@ impl Pipeline {
     /// Handles one delivery end to end and settles it with JetStream.
     pub(crate) async fn handle(&self, message: jetstream::Message) {
         let Ok(info) = message.info() else {
-            warn!(subject = %message.subject, "message without JetStream metadata; ignored");
+            // Not a delivery of our consumer (its reply subject is not a JetStream ack subject):
+            // there is nothing to account it against; stop any redelivery and say so.
+            warn!(subject = %message.subject, "message without JetStream metadata; terminated");
+            ack(&message, AckKind::Term).await;
             return;
         };
         let (stream, sequence, deliveries, published) =

@@ -21,7 +21,7 @@ pub enum Command {
     /// Run workers: one durable pull consumer per priority, each with its own connection and pool.
     Worker(WorkerArgs),
     /// Run the pull service devices catch up from.
-    PullService(ConnectArgs),
+    PullService(PullServiceArgs),
     /// Publish one event, as a service would, and wait until JetStream has stored it.
     Publish(PublishArgs),
     /// Watch as a device: push over websocket plus pull catch-up, one JSON line per notification.
@@ -33,6 +33,15 @@ pub struct ConnectArgs {
     /// NATS server(s) of the hub, comma-separated.
     #[arg(long, env = "RENO_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+}
+
+#[derive(Args, Clone)]
+pub struct PullServiceArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Where Prometheus scrapes metrics (`/metrics`); `off` for none.
+    #[arg(long, env = "RENO_PULL_METRICS_ADDR", default_value = "127.0.0.1:9465")]
+    pub metrics_addr: MetricsAddr,
 }
 
 #[derive(Args, Clone)]

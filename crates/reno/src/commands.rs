@@ -14,7 +14,9 @@ use reno_worker::{PoolConfig, WorkerConfig};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::cli::{Cli, Command, DeviceArgs, ProvisionArgs, PublishArgs, RunArgs, UpArgs, WorkerArgs};
+use crate::cli::{
+    Cli, Command, DeviceArgs, MetricsAddr, ProvisionArgs, PublishArgs, RunArgs, UpArgs, WorkerArgs,
+};
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -22,7 +24,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Provision(args) => provision(&args).await,
         Command::Worker(args) => worker(args).await,
         Command::PullService(args) => {
-            let client = reno_nats::connect_patiently(&args.nats_url, "reno-pull").await;
+            start_metrics(args.metrics_addr)?;
+            let client = reno_nats::connect_patiently(&args.connect.nats_url, "reno-pull").await;
             let stop = Shutdown::on_signal();
             reno_pull::run(client, stop.wait()).await?;
             Ok(())
@@ -58,7 +61,7 @@ async fn up(args: UpArgs) -> Result<()> {
     provision(&args.provision).await?;
     let registry = load_registry(&args.provision.registry.registry)?;
     let nats_url = args.provision.connect.nats_url.clone();
-    let metrics = start_metrics(&args.run)?;
+    let metrics = start_metrics(args.run.metrics_addr)?;
     let stop = Shutdown::on_signal();
     let pull_client = reno_nats::connect_patiently(&nats_url, "reno-pull").await;
     let pull = tokio::spawn(reno_pull::run(pull_client, stop.wait()));
@@ -98,7 +101,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
             (priority, pool)
         })
         .collect();
-    start_metrics(&args.run)?;
+    start_metrics(args.run.metrics_addr)?;
     let stop = Shutdown::on_signal();
     run_worker(config, &args.run, &stop).await
 }
@@ -119,10 +122,8 @@ async fn run_worker(config: WorkerConfig, run: &RunArgs, stop: &Shutdown) -> Res
     }
 }
 
-fn start_metrics(run: &RunArgs) -> Result<Option<std::net::SocketAddr>> {
-    let Some(address) = run.metrics_addr.0 else {
-        return Ok(None);
-    };
+fn start_metrics(metrics_addr: MetricsAddr) -> Result<Option<std::net::SocketAddr>> {
+    let Some(address) = metrics_addr.0 else { return Ok(None) };
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(address)
         .install()

@@ -1,0 +1,89 @@
+//! What a new user does after `scripts/dev`: `reno up` runs everything against the server, `reno
+//! device` watches as a device and `reno publish` sends an event; and a worker told to stop drains
+//! what it holds and exits cleanly.
+
+use std::collections::BTreeSet;
+
+use reno_testkit::Process;
+
+use crate::support::*;
+
+/// Waits for a process to exit and returns whether it succeeded.
+async fn exits(process: &mut Process) -> bool {
+    let mut status = None;
+    eventually("the process exits", || {
+        status = process.try_wait().unwrap();
+        std::future::ready(status.is_some())
+    })
+    .await;
+    status.unwrap().success()
+}
+
+#[tokio::test]
+async fn reno_up_then_publish_from_the_cli_reaches_reno_device() {
+    let stack = Stack::start().await;
+    let _up = Process::spawn(stack.reno(&["up", "--metrics-addr", "off"])).unwrap();
+    let ping = format!("$SRV.PING.{}", reno_model::subject::PULL_SERVICE);
+    eventually("reno up serves pulls", || async {
+        stack.client.request(ping.clone(), "".into()).await.is_ok()
+    })
+    .await;
+    let mut device = Process::spawn(stack.reno(&[
+        "device",
+        "--member",
+        "quinn",
+        "--device-type",
+        "browser",
+        "--count",
+        "1",
+    ]))
+    .unwrap();
+
+    let output = stack
+        .reno(&[
+            "publish",
+            "--type",
+            "plan_changed",
+            "--member",
+            "quinn",
+            "--payload",
+            r#"{"plan":"premium"}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    assert!(exits(&mut device).await, "reno device failed: {}", device.output());
+    let line = device.output().lines().find(|line| line.starts_with('{')).map(str::to_owned);
+    let notification: serde_json::Value = serde_json::from_str(&line.expect("a JSON line")).unwrap();
+    assert_eq!(notification["type"], "plan_changed");
+    assert_eq!(notification["device_type"], "browser");
+    assert_eq!(notification["payload"]["plan"], "premium");
+}
+
+#[tokio::test]
+async fn heavy_a_terminated_worker_drains_and_exits_cleanly() {
+    let mut stack = Stack::start_with(None, &["--ack-wait-secs", "2"]).await;
+    stack.start_pull_service().await;
+    let mut mobile = stack.device("rose", "mobile", 0).await;
+    let mut published = BTreeSet::new();
+    for index in 0..2000u32 {
+        let update = event("my_list_updated", "rose", reno_model::Value::Integer(index.into()));
+        published.insert(update.id.to_string());
+        stack.publisher().publish(&update).await.unwrap();
+    }
+    let first = stack.start_worker(&["--priority", "normal", "--concurrency", "normal=8"]);
+    let mut received = BTreeSet::new();
+    while received.len() < 200 {
+        received.insert(next_notification(&mut mobile).await.id.to_string());
+    }
+    stack.process(first).signal("TERM").unwrap();
+    let clean = exits(stack.process_mut(first)).await;
+    assert!(clean, "the worker failed after SIGTERM:\n{}", stack.process(first).output());
+
+    stack.start_worker(&["--priority", "normal"]);
+    while received.len() < published.len() {
+        received.insert(next_notification(&mut mobile).await.id.to_string());
+    }
+    assert_eq!(received, published);
+}
