@@ -121,3 +121,62 @@ async fn moving_a_type_to_another_priority_loses_no_event() {
     }
     assert_eq!(received, before.union(&after).cloned().collect());
 }
+
+#[tokio::test]
+async fn heavy_two_workers_share_one_priority() {
+    let mut stack = Stack::start().await;
+    stack.start_pull_service().await;
+    let workers =
+        [stack.start_worker(&["--priority", "normal"]), stack.start_worker(&["--priority", "normal"])];
+    // Both are waiting on the durable consumer before the events arrive, so JetStream splits them.
+    eventually("both workers are pulling", || async { waiting_pulls(&stack, "RENO_NORMAL").await >= 2 })
+        .await;
+    let published = flood(&stack, "viewing_activity", "sam", 3000).await;
+
+    let delivered_by =
+        |worker| stack.counter(worker, "reno_worker_events_total", &[("outcome", "delivered")]);
+    eventually("all delivered", || async {
+        delivered_by(workers[0]).await + delivered_by(workers[1]).await >= published.len() as u64
+    })
+    .await;
+    let delivered = [delivered_by(workers[0]).await, delivered_by(workers[1]).await];
+    assert_eq!(delivered.iter().sum::<u64>(), published.len() as u64, "each event delivered once");
+    assert!(delivered.iter().all(|count| *count > 0), "each worker took a share: {delivered:?}");
+    for worker in workers {
+        assert_eq!(stack.counter(worker, "reno_worker_events_total", &[("outcome", "duplicate")]).await, 0);
+    }
+    let page = stack.pull_page("sam", "tv", 0, 1000).await;
+    assert!(page.more, "3000 notifications do not fit one page of 1000");
+}
+
+async fn waiting_pulls(stack: &Stack, priority_stream: &str) -> usize {
+    let stream = stack.jetstream.get_stream(priority_stream).await.unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(subject::WORKER_CONSUMER).await.unwrap();
+    consumer.info().await.unwrap().num_waiting
+}
+
+#[tokio::test]
+async fn a_failure_that_outlasts_the_delivery_bound_is_dead_lettered_with_its_error() {
+    let mut stack = Stack::start().await;
+    let worker = stack.start_worker(&["--priority", "high", "--max-deliveries", "2"]);
+    eventually("the worker is pulling", || async { waiting_pulls(&stack, "RENO_HIGH").await >= 1 }).await;
+    // The history bucket disappears under the running worker: every write fails, a transient
+    // failure as far as the worker can tell, retried once and then filed with its error.
+    stack.jetstream.delete_key_value(subject::HISTORY_BUCKET).await.unwrap();
+    let doomed = event("plan_changed", "tess", text("nowhere to go"));
+    stack.publisher().publish(&doomed).await.unwrap();
+
+    stack
+        .wait_for_counter(worker, "reno_worker_dead_letters_total", &[("reason", "retries_exhausted")], 1)
+        .await;
+    assert_eq!(stack.counter(worker, "reno_worker_events_total", &[("outcome", "retried")]).await, 1);
+    let mut dead = stack.jetstream.get_stream(subject::DEAD_LETTER_STREAM).await.unwrap();
+    assert_eq!(dead.info().await.unwrap().state.messages, 1);
+    let letter = dead.get_raw_message(1).await.unwrap();
+    let reason = letter.headers.get("Reno-Reason").unwrap().to_string();
+    assert!(reason.starts_with("gave up after 2 deliveries: "), "{reason}");
+    assert_eq!(letter.headers.get("Reno-Deliveries").unwrap().as_str(), "2");
+    assert_eq!(reno_model::Envelope::decode(&letter.payload).unwrap(), doomed, "the original bytes are kept");
+    assert_eq!(pending(&stack, "RENO_HIGH").await, 0, "nothing is left behind in the stream");
+}
