@@ -79,7 +79,9 @@ async fn heavy_a_terminated_worker_drains_and_exits_cleanly() {
     }
     stack.process(first).signal("TERM").unwrap();
     let clean = exits(stack.process_mut(first)).await;
-    assert!(clean, "the worker failed after SIGTERM:\n{}", stack.process(first).output());
+    let output = stack.process(first).output();
+    assert!(clean, "the worker failed after SIGTERM:\n{output}");
+    assert!(output.contains("worker stopped"), "the worker did not drain:\n{output}");
 
     stack.start_worker(&["--priority", "normal"]);
     while received.len() < published.len() {

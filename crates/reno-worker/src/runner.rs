@@ -4,7 +4,10 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{PullConsumer, pull::MessagesError},
+};
 use futures::StreamExt;
 use reno_model::{Priority, subject};
 use tokio::sync::{mpsc, watch};
@@ -110,10 +113,11 @@ async fn run_priority(
         });
         info!(concurrency = pool.concurrency, threads = pool.threads, "worker started");
 
+        let batch = pool.concurrency.clamp(1, 1000);
         while !*stop.borrow() {
             let messages = match consumer
                 .stream()
-                .max_messages_per_batch(pool.concurrency.clamp(1, 1000))
+                .max_messages_per_batch(batch)
                 .heartbeat(Duration::from_secs(5))
                 .expires(Duration::from_secs(30))
                 .messages()
@@ -126,11 +130,12 @@ async fn run_priority(
                     continue;
                 }
             };
+            let mut messages = messages;
             let mut stop_for_stream = stop.clone();
             let stopped = async move {
                 let _ = stop_for_stream.wait_for(|stopped| *stopped).await;
             };
-            messages
+            (&mut messages)
                 .take_until(stopped)
                 .for_each_concurrent(pool.concurrency.max(1), |message| {
                     let pipeline = pipeline.clone();
@@ -143,7 +148,9 @@ async fn run_priority(
                     }
                 })
                 .await;
-            if !*stop.borrow() {
+            if *stop.borrow() {
+                hand_back_buffered(&mut messages, 2 * batch).await;
+            } else {
                 warn!("pull stream ended; starting a new one");
             }
         }
@@ -154,6 +161,28 @@ async fn run_priority(
     }
     .instrument(span)
     .await
+}
+
+/// On shutdown, events already fetched but not yet started go straight back to JetStream for
+/// another worker instead of waiting out their ack wait. At most `limit` (what the pull stream can
+/// have buffered): the stream itself would go on fetching for as long as it is polled.
+async fn hand_back_buffered(
+    messages: &mut (impl futures::Stream<Item = Result<jetstream::Message, MessagesError>> + Unpin),
+    limit: usize,
+) {
+    let mut handed_back = 0;
+    while handed_back < limit {
+        let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_millis(5), messages.next()).await
+        else {
+            break;
+        };
+        if message.ack_with(AckKind::Nak(None)).await.is_ok() {
+            handed_back += 1;
+        }
+    }
+    if handed_back > 0 {
+        info!(handed_back, "unstarted events handed back");
+    }
 }
 
 fn missing(priority: Priority, what: String, source: impl Into<async_nats::Error>) -> WorkerError {
