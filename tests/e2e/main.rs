@@ -9,4 +9,5 @@ mod delivery;
 mod gates;
 mod local_run;
 mod pull;
+mod reconnect;
 mod resilience;

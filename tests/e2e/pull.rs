@@ -10,15 +10,15 @@ use crate::support::*;
 
 /// Publishes `count` events for `member` and waits until the worker has delivered them all.
 async fn publish_and_deliver(stack: &Stack, worker: usize, member: &str, count: usize) -> BTreeSet<String> {
+    let delivered = [("outcome", "delivered")];
+    let before = stack.counter(worker, "reno_worker_events_total", &delivered).await;
     let mut ids = BTreeSet::new();
     for index in 0..count {
         let update = event("viewing_activity", member, Value::Integer(index.into()));
         stack.publisher().publish(&update).await.unwrap();
         ids.insert(update.id.to_string());
     }
-    stack
-        .wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], count as u64)
-        .await;
+    stack.wait_for_counter(worker, "reno_worker_events_total", &delivered, before + count as u64).await;
     ids
 }
 
@@ -105,14 +105,36 @@ async fn a_cursor_from_a_reset_history_gets_the_resync_signal() {
     let mut stack = Stack::start().await;
     let worker = stack.start_all().await;
     publish_and_deliver(&stack, worker, "heidi", 5).await;
-    let old_cursor = stack.pull_page("heidi", "tv", 0, 100).await.next_cursor;
+    let old = stack.pull_page("heidi", "tv", 0, 100).await;
 
     // The history is lost and created anew (an operator recreated the bucket).
     stack.jetstream.delete_key_value(subject::HISTORY_BUCKET).await.unwrap();
     stack.provision(&[]);
-    let page = stack.pull_page("heidi", "tv", old_cursor, 100).await;
-    assert!(page.resync);
+    let page = stack.pull_page("heidi", "tv", old.next_cursor, 100).await;
+    assert!(page.resync, "a cursor beyond the new history's end");
     assert!(page.notifications.is_empty());
+    assert_ne!(page.epoch, old.epoch);
+
+    // Once the new history has grown past the old cursor, only the epoch tells.
+    let new_ids = publish_and_deliver(&stack, worker, "heidi", 10).await;
+    let page = stack.pull_page_in("heidi", "tv", old.next_cursor, Some(old.epoch), 100).await;
+    assert!(page.resync, "a cursor from an older epoch");
+    let pulled: BTreeSet<String> =
+        page.notifications.iter().map(|notification| notification.id.to_string()).collect();
+    assert_eq!(pulled, new_ids, "the whole new history, from its start");
+
+    let mut config =
+        reno_device::DeviceConfig::new(stack.nats.websocket_url(), member_id("heidi"), device("tv"));
+    config.cursor = old.next_cursor;
+    config.epoch = Some(old.epoch);
+    let mut tv = within("device connects", reno_device::Device::connect(config)).await.unwrap();
+    assert_eq!(within("resync", tv.next()).await.unwrap(), DeviceEvent::Resync);
+    let mut received = BTreeSet::new();
+    for _ in 0..10 {
+        received.insert(next_notification(&mut tv).await.id.to_string());
+    }
+    assert_eq!(received, new_ids);
+    assert_eq!(tv.epoch(), Some(page.epoch));
 }
 
 #[tokio::test]

@@ -38,9 +38,10 @@ async fn pending(stack: &Stack, priority_stream: &str) -> u64 {
 async fn heavy_a_low_backlog_never_delays_a_high_event() {
     let mut stack = Stack::start().await;
     stack.start_pull_service().await;
-    // The low pool is throttled to one event at a time, so its backlog lasts.
-    stack.start_worker(&["--concurrency", "low=1"]);
+    // The backlog is in place before the worker starts, and the low pool is throttled to one event
+    // at a time, so the backlog lasts.
     flood(&stack, "diagnostics_requested", "bulk", 20_000).await;
+    stack.start_worker(&["--concurrency", "low=1"]);
     let mut tv = stack.device("vip", "tv", 0).await;
 
     let urgent = event("profile_maturity_changed", "vip", text("kids profile"));
@@ -64,9 +65,11 @@ async fn heavy_killing_a_worker_mid_batch_loses_nothing() {
     while received.len() < 300 {
         received.insert(next_notification(&mut mobile).await.id.to_string());
     }
-    stack.process(first).signal("KILL").unwrap();
+    // Frozen first, so that what it holds and what is left can be checked before the kill.
+    stack.process(first).signal("STOP").unwrap();
     let backlog = pending(&stack, "RENO_NORMAL").await;
-    assert!(backlog > 0, "the first worker finished everything before it was killed");
+    assert!(backlog > 0, "the first worker finished everything before it was stopped");
+    stack.process(first).signal("KILL").unwrap();
 
     let second = stack.start_worker(&["--priority", "normal"]);
     while received.len() < published.len() {
@@ -129,8 +132,7 @@ async fn heavy_two_workers_share_one_priority() {
     let workers =
         [stack.start_worker(&["--priority", "normal"]), stack.start_worker(&["--priority", "normal"])];
     // Both are waiting on the durable consumer before the events arrive, so JetStream splits them.
-    eventually("both workers are pulling", || async { waiting_pulls(&stack, "RENO_NORMAL").await >= 2 })
-        .await;
+    stack.wait_until_pulling("RENO_NORMAL", 2).await;
     let published = flood(&stack, "viewing_activity", "sam", 3000).await;
 
     let delivered_by =
@@ -149,18 +151,17 @@ async fn heavy_two_workers_share_one_priority() {
     assert!(page.more, "3000 notifications do not fit one page of 1000");
 }
 
-async fn waiting_pulls(stack: &Stack, priority_stream: &str) -> usize {
-    let stream = stack.jetstream.get_stream(priority_stream).await.unwrap();
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-        stream.get_consumer(subject::WORKER_CONSUMER).await.unwrap();
-    consumer.info().await.unwrap().num_waiting
+/// Messages a stream holds.
+async fn stored(stack: &Stack, stream: &str) -> u64 {
+    let mut stream = stack.jetstream.get_stream(stream).await.unwrap();
+    stream.info().await.unwrap().state.messages
 }
 
 #[tokio::test]
 async fn a_failure_that_outlasts_the_delivery_bound_is_dead_lettered_with_its_error() {
     let mut stack = Stack::start().await;
     let worker = stack.start_worker(&["--priority", "high", "--max-deliveries", "2"]);
-    eventually("the worker is pulling", || async { waiting_pulls(&stack, "RENO_HIGH").await >= 1 }).await;
+    stack.wait_until_pulling("RENO_HIGH", 1).await;
     // The history bucket disappears under the running worker: every write fails, a transient
     // failure as far as the worker can tell, retried once and then filed with its error.
     stack.jetstream.delete_key_value(subject::HISTORY_BUCKET).await.unwrap();
@@ -178,5 +179,7 @@ async fn a_failure_that_outlasts_the_delivery_bound_is_dead_lettered_with_its_er
     assert!(reason.starts_with("gave up after 2 deliveries: "), "{reason}");
     assert_eq!(letter.headers.get("Reno-Deliveries").unwrap().as_str(), "2");
     assert_eq!(reno_model::Envelope::decode(&letter.payload).unwrap(), doomed, "the original bytes are kept");
-    assert_eq!(pending(&stack, "RENO_HIGH").await, 0, "nothing is left behind in the stream");
+    // Nothing is left behind in the stream (the terminate is sent without waiting for an answer).
+    eventually("the stream is empty", || async { pending(&stack, "RENO_HIGH").await == 0 }).await;
+    eventually("the stream holds nothing", || async { stored(&stack, "RENO_HIGH").await == 0 }).await;
 }

@@ -108,6 +108,19 @@ impl Stack {
         self.processes.len() - 1
     }
 
+    /// Waits until `workers` pull requests wait on a priority stream's consumer: the workers are
+    /// up (and have read their registry).
+    pub async fn wait_until_pulling(&self, priority_stream: &str, workers: usize) {
+        let what = format!("{workers} workers pulling from {priority_stream}");
+        eventually(&what, || async {
+            let stream = self.jetstream.get_stream(priority_stream).await.unwrap();
+            let mut consumer: jetstream::consumer::PullConsumer =
+                stream.get_consumer(reno_model::subject::WORKER_CONSUMER).await.unwrap();
+            consumer.info().await.unwrap().num_waiting >= workers
+        })
+        .await;
+    }
+
     /// Starts `reno pull-service` and waits until it answers the NATS service API's ping.
     pub async fn start_pull_service(&mut self) -> usize {
         let port = free_port();
@@ -175,7 +188,19 @@ impl Stack {
 
     /// One page of history by a raw request on the pull subject, as any NATS client would send it.
     pub async fn pull_page(&self, member: &str, device_type: &str, cursor: u64, limit: u32) -> PullPage {
-        let request = PullRequest { cursor, limit: Some(limit) };
+        self.pull_page_in(member, device_type, cursor, None, limit).await
+    }
+
+    /// [`Stack::pull_page`] with the history epoch the cursor came from.
+    pub async fn pull_page_in(
+        &self,
+        member: &str,
+        device_type: &str,
+        cursor: u64,
+        epoch: Option<u64>,
+        limit: u32,
+    ) -> PullPage {
+        let request = PullRequest { cursor, limit: Some(limit), epoch };
         let subject = reno_model::subject::pull_subject(&member_id(member), &device(device_type));
         let response = within("pull answer", self.client.request(subject, request.encode().into()))
             .await

@@ -5,12 +5,16 @@
 
 #![forbid(unsafe_code)]
 
-use std::{collections::BTreeSet, collections::VecDeque, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    time::Duration,
+};
 
 use async_nats::{Event, Subscriber};
 use futures::StreamExt;
 use reno_model::{
-    DeviceType, MemberId, Notification, PullPage, PullRequest, notification::DEFAULT_PAGE_LIMIT, subject,
+    CollapseKey, DeviceType, EventType, MemberId, Notification, PullPage, PullRequest,
+    notification::DEFAULT_PAGE_LIMIT, subject,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -29,13 +33,22 @@ pub struct DeviceConfig {
     pub device_type: DeviceType,
     /// The highest `seq` the app has already handled (0 for none): what it missed is pulled from here.
     pub cursor: u64,
+    /// The history epoch the cursor belongs to ([`Device::epoch`] when it was saved), if known.
+    pub epoch: Option<u64>,
     /// Notifications per pull page.
     pub page_limit: u32,
 }
 
 impl DeviceConfig {
     pub fn new(url: impl Into<String>, member: MemberId, device_type: DeviceType) -> Self {
-        DeviceConfig { url: url.into(), member, device_type, cursor: 0, page_limit: DEFAULT_PAGE_LIMIT }
+        DeviceConfig {
+            url: url.into(),
+            member,
+            device_type,
+            cursor: 0,
+            epoch: None,
+            page_limit: DEFAULT_PAGE_LIMIT,
+        }
     }
 }
 
@@ -79,6 +92,11 @@ pub struct Device {
     pulled: u64,
     /// Every history entry up to here has been handed to the app: the cursor to persist.
     handed: u64,
+    /// The history epoch the cursors belong to; persisted with the cursor.
+    epoch: Option<u64>,
+    /// For collapsing notifications, the newest seq handed out per (type, collapse key): an older
+    /// one arriving late (pushes from concurrent workers can cross) is stale state and dropped.
+    newest: HashMap<(EventType, CollapseKey), u64>,
     /// Seqs above `pulled` already queued or handed (pushes), so that a pull does not repeat them.
     seen: BTreeSet<u64>,
     /// Events ready for the app, in order, each with the cursor that holds once it is handed out.
@@ -108,7 +126,7 @@ impl Device {
             .subscribe(subject::push_subject(&config.member, &config.device_type))
             .await
             .map_err(DeviceError::Subscribe)?;
-        let cursor = config.cursor;
+        let (cursor, epoch) = (config.cursor, config.epoch);
         let mut device = Device {
             config,
             client,
@@ -117,6 +135,8 @@ impl Device {
             catch_up_owed: true,
             pulled: cursor,
             handed: cursor,
+            epoch,
+            newest: HashMap::new(),
             seen: BTreeSet::new(),
             ready: VecDeque::new(),
         };
@@ -139,9 +159,16 @@ impl Device {
                 if let Some(cursor) = cursor {
                     self.handed = cursor;
                 }
+                if let DeviceEvent::Notification(notification) = &event
+                    && self.superseded(notification)
+                {
+                    continue;
+                }
                 return Ok(event);
             }
             tokio::select! {
+                // A missed-pushes signal first: what it owes comes before pushes that follow it.
+                biased;
                 Some(()) = self.missed.recv() => self.catch_up_owed = true,
                 push = self.pushes.next() => {
                     let Some(message) = push else { return Err(DeviceError::Closed) };
@@ -160,14 +187,36 @@ impl Device {
         self.handed
     }
 
+    /// The history epoch to persist with the cursor and give back in [`DeviceConfig::epoch`].
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
+    /// Whether a newer notification with the same collapse key was handed out already; if not,
+    /// this one becomes the newest.
+    fn superseded(&mut self, notification: &Notification) -> bool {
+        let Some(collapse_key) = &notification.collapse_key else { return false };
+        if self.newest.len() >= MAX_SEEN {
+            self.newest.clear();
+        }
+        let newest = self.newest.entry((notification.event_type.clone(), collapse_key.clone())).or_insert(0);
+        if notification.seq < *newest {
+            return true;
+        }
+        *newest = notification.seq;
+        false
+    }
+
     /// Pulls every page after the cursor now (call at app lifecycle points such as resume).
     pub async fn catch_up(&mut self) -> Result<(), DeviceError> {
         loop {
             let page = self.pull_page().await?;
+            self.epoch = Some(page.epoch);
             if page.resync {
                 // The history restarts below or beyond our cursor: take the page as it comes.
                 self.ready.push_back((DeviceEvent::Resync, Some(0)));
                 self.seen.clear();
+                self.newest.clear();
                 self.pulled = 0;
             }
             for notification in page.notifications {
@@ -191,7 +240,8 @@ impl Device {
     }
 
     async fn pull_page(&self) -> Result<PullPage, DeviceError> {
-        let request = PullRequest { cursor: self.pulled, limit: Some(self.config.page_limit) };
+        let request =
+            PullRequest { cursor: self.pulled, limit: Some(self.config.page_limit), epoch: self.epoch };
         let subject = subject::pull_subject(&self.config.member, &self.config.device_type);
         let response =
             tokio::time::timeout(PULL_TIMEOUT, self.client.request(subject, request.encode().into()))

@@ -85,6 +85,9 @@ pub struct Route<'a> {
     pub targets: Vec<DeviceType>,
     /// The last part of the history key: the collapse key for collapsing types, else the event id.
     pub notification_key: String,
+    /// For collapsing types, the effective collapse key (the event's, or the type's name); devices
+    /// use it to keep only the newest notification per key.
+    pub collapse_key: Option<CollapseKey>,
 }
 
 impl Envelope {
@@ -145,15 +148,19 @@ impl Envelope {
                 chosen
             }
         };
-        let notification_key = match (&self.collapse_key, spec.collapse) {
+        let collapse_key = match (&self.collapse_key, spec.collapse) {
             (Some(_), false) => {
                 return Err(InvalidEvent::CollapseKeyNotAllowed { event_type: self.event_type.to_string() });
             }
-            (Some(key), true) => key.to_string(),
-            (None, true) => self.event_type.to_string(),
-            (None, false) => self.id.to_string(),
+            (Some(key), true) => Some(key.clone()),
+            (None, true) => {
+                Some(CollapseKey::new(self.event_type.as_str()).expect("an event type is a valid token"))
+            }
+            (None, false) => None,
         };
-        Ok(Route { spec, targets, notification_key })
+        let notification_key =
+            collapse_key.as_ref().map_or_else(|| self.id.to_string(), CollapseKey::to_string);
+        Ok(Route { spec, targets, notification_key, collapse_key })
     }
 }
 

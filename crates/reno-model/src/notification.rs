@@ -12,7 +12,8 @@ use crate::{
 
 /// The largest notification accepted: an event plus the fields reno adds.
 pub const MAX_NOTIFICATION_BYTES: usize = MAX_EVENT_BYTES + 1024;
-/// The largest pull page, encoded; stays below nats-server's default `max_payload` of 1 MiB.
+/// The largest pull page, encoded; stays below nats-server's default `max_payload` of 1 MiB. A
+/// page holds at least one notification whatever its size, and more only while they fit.
 pub const MAX_PAGE_BYTES: usize = 900 * 1024;
 /// Notifications per pull page when the request does not say.
 pub const DEFAULT_PAGE_LIMIT: u32 = 100;
@@ -76,6 +77,10 @@ pub struct PullRequest {
     /// The most notifications wanted in this page (default 100, at most 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// The `epoch` of the page the cursor came from: if the history was reset since, the cursor
+    /// means nothing there and the device is told to resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 impl PullRequest {
@@ -101,6 +106,9 @@ pub struct PullPage {
     /// The cursor is older than the retained history, or from a history that was reset: some
     /// notifications may be gone, so the device should resync its state from the source of truth.
     pub resync: bool,
+    /// Identifies this incarnation of the history (when its bucket was created, in nanoseconds
+    /// since the Unix epoch): keep it with the cursor and send it back with the next request.
+    pub epoch: u64,
 }
 
 impl PullPage {
@@ -119,9 +127,9 @@ mod tests {
 
     #[test]
     fn pull_messages_round_trip() {
-        let request = PullRequest { cursor: 7, limit: Some(10) };
+        let request = PullRequest { cursor: 7, limit: Some(10), epoch: Some(3) };
         assert_eq!(PullRequest::decode(&request.encode()).unwrap(), request);
-        let page = PullPage { notifications: vec![], next_cursor: 7, more: false, resync: true };
+        let page = PullPage { notifications: vec![], next_cursor: 7, more: false, resync: true, epoch: 3 };
         assert_eq!(PullPage::decode(&page.encode()).unwrap(), page);
     }
 }

@@ -137,6 +137,11 @@ impl Registry {
                     let mut targets = Vec::new();
                     for name in names {
                         let target = DeviceType::new(name)?;
+                        if targets.contains(&target) {
+                            return Err(RegistryError::Invalid(format!(
+                                "{event_type}: target {target} is listed twice"
+                            )));
+                        }
                         if !device_types.contains(&target) {
                             return Err(RegistryError::Invalid(format!(
                                 "{event_type}: target {target} is not in device_types ({})",
@@ -245,6 +250,7 @@ mod tests {
             (SAMPLE.replace("stale_after_secs = 60", "stale_after_secs = 0"), "must be above 0"),
             (SAMPLE.replace("collapse = true", "colapse = true"), "unknown field `colapse`"),
             (SAMPLE.replace("[\"mobile\", \"tv\"]", "[\"tv\", \"tv\"]"), "device type tv is listed twice"),
+            (SAMPLE.replace("targets = [\"tv\"]", "targets = [\"tv\", \"tv\"]"), "target tv is listed twice"),
         ];
         for (text, expected) in cases {
             let message = Registry::from_toml(&text).unwrap_err().to_string();

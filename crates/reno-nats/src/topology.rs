@@ -49,8 +49,10 @@ impl Default for Topology {
 }
 
 /// The largest message a priority stream stores: well above the envelope's own limit, so that an
-/// oversized event still reaches a worker and is dead-lettered with its reason instead of vanishing.
-const STREAM_MAX_MESSAGE_BYTES: i32 = 1024 * 1024;
+/// oversized event still reaches a worker and is dead-lettered with its reason instead of vanishing;
+/// and 64 KiB below nats-server's `max_payload` (1 MiB), so that the dead letter, the same bytes plus
+/// the `Reno-*` headers, can always be published.
+const STREAM_MAX_MESSAGE_BYTES: i32 = 1024 * 1024 - 64 * 1024;
 
 /// Which JetStream object could not be provisioned, and why.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +162,7 @@ pub async fn provision(
         subjects: vec![subject::DEAD_LETTER_SUBJECTS.to_owned()],
         retention: RetentionPolicy::Limits,
         max_age: topology.dead_letter_retention,
-        max_message_size: STREAM_MAX_MESSAGE_BYTES + 16 * 1024,
+        max_message_size: -1,
         storage: StorageType::File,
         num_replicas: topology.replicas,
         ..Default::default()

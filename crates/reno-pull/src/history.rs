@@ -14,6 +14,10 @@ use reno_model::{
 };
 use tracing::warn;
 
+/// What a notification adds to a page beyond its stored bytes: its real `seq` (stored as 0) and
+/// the array's framing.
+const PER_ENTRY_OVERHEAD: usize = 16;
+
 /// How long to wait for the server's answer to one page.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -39,6 +43,8 @@ pub struct HistoryReader {
 struct Bounds {
     first_seq: u64,
     last_seq: u64,
+    /// When the bucket was created: a new value means a new history.
+    epoch: u64,
 }
 
 impl HistoryReader {
@@ -55,10 +61,11 @@ impl HistoryReader {
     ) -> Result<PullPage, HistoryError> {
         let limit = request.limit.unwrap_or(DEFAULT_PAGE_LIMIT).clamp(1, MAX_PAGE_LIMIT);
         let bounds = self.bounds().await?;
-        // A cursor beyond the end comes from a history that was reset (bucket recreated): start
-        // over. A cursor below the start has lost entries to retention: go on from the start.
-        // Either way the device is told to resync.
-        let (start_after, resync) = if request.cursor > bounds.last_seq {
+        // A cursor from another epoch, or beyond the end, comes from a history that was reset
+        // (bucket recreated): start over. A cursor below the start has lost entries to retention:
+        // go on from the start. Either way the device is told to resync.
+        let reset = request.epoch.is_some_and(|epoch| epoch != bounds.epoch);
+        let (start_after, resync) = if reset || request.cursor > bounds.last_seq {
             (0, true)
         } else if request.cursor > 0 && request.cursor + 1 < bounds.first_seq {
             (bounds.first_seq - 1, true)
@@ -69,7 +76,13 @@ impl HistoryReader {
         // The last entry read, not the last notification returned: entries skipped as deleted or
         // unreadable must not be read again, or a page of them would repeat forever.
         let next_cursor = read.last_seq.unwrap_or(start_after);
-        Ok(PullPage { notifications: read.notifications, next_cursor, more: read.remaining > 0, resync })
+        Ok(PullPage {
+            notifications: read.notifications,
+            next_cursor,
+            more: read.remaining > 0,
+            resync,
+            epoch: bounds.epoch,
+        })
     }
 
     async fn bounds(&self) -> Result<Bounds, HistoryError> {
@@ -80,7 +93,8 @@ impl HistoryReader {
             .await
             .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
         let info = stream.get_info().await.map_err(|error| HistoryError::Unavailable(error.to_string()))?;
-        Ok(Bounds { first_seq: info.state.first_sequence, last_seq: info.state.last_sequence })
+        let epoch = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
+        Ok(Bounds { first_seq: info.state.first_sequence, last_seq: info.state.last_sequence, epoch })
     }
 
     /// Batched direct get (ADR-31): up to `limit` messages matching the filter from `start_seq` on,
@@ -112,7 +126,7 @@ impl HistoryReader {
             .await
             .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
 
-        let mut read = Read { notifications: Vec::new(), last_seq: None, remaining: 0 };
+        let mut read = Read { notifications: Vec::new(), last_seq: None, remaining: 0, bytes: 0 };
         loop {
             let reply = tokio::time::timeout(PAGE_TIMEOUT, replies.next())
                 .await
@@ -137,6 +151,15 @@ impl HistoryReader {
             let Some(seq) = header_u64(headers, "Nats-Sequence") else {
                 return Err(HistoryError::Protocol("a history entry came without Nats-Sequence".into()));
             };
+            // The server stops a batch only after `max_bytes` is passed, by up to one entry: keep
+            // the page itself within its limit and leave the entry that would overflow it for the
+            // next page.
+            let cost = reply.payload.len() + PER_ENTRY_OVERHEAD;
+            if !read.notifications.is_empty() && read.bytes + cost > MAX_PAGE_BYTES {
+                read.remaining = read.remaining.max(1);
+                break;
+            }
+            read.bytes += cost;
             read.last_seq = Some(seq);
             let deleted = headers.and_then(|headers| headers.get("KV-Operation")).is_some();
             if deleted {
@@ -162,6 +185,8 @@ struct Read {
     last_seq: Option<u64>,
     /// Matching entries left after this batch.
     remaining: u64,
+    /// The encoded size of the page so far, estimated from the stored entries.
+    bytes: usize,
 }
 
 fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {

@@ -71,7 +71,11 @@ pub async fn run(
             .instrument(span),
         );
     }
-    // Let answers in flight finish before the connection goes.
+    // Leave the queue group first, so that no new request is routed here, then let the answers
+    // in flight finish before the connection goes.
+    if let Err(error) = endpoint.stop().await {
+        warn!(%error, "cannot leave the queue group");
+    }
     let _ = permits.acquire_many(MAX_CONCURRENT_REQUESTS as u32).await;
     let _ = client.flush().await;
     info!("pull service stopped");

@@ -25,7 +25,7 @@ pub(crate) struct Pipeline {
     pub jetstream: jetstream::Context,
     /// The notification history devices pull from; also the authority on what was delivered.
     pub history: kv::Store,
-    /// Event ids delivered recently: spares the history a round trip for repeats.
+    /// Events delivered recently (`member.type.id`): spares the history a round trip for repeats.
     pub delivered_ids: moka::sync::Cache<String, ()>,
     pub max_deliveries: i64,
 }
@@ -114,17 +114,26 @@ impl Pipeline {
     ) -> Result<Outcome, Failure> {
         let envelope =
             Envelope::decode_from(message.subject.as_str(), &message.payload).map_err(Failure::Permanent)?;
-        let route = envelope.route(&self.registry).map_err(Failure::Permanent)?;
+        let route = envelope.route(&self.registry).map_err(|invalid| match invalid {
+            // The stream only captures provisioned types, so a type this worker does not know
+            // means its registry is older than the provisioned one: a restart with the new
+            // registry fixes it, so wait for that instead of dead-lettering at once.
+            InvalidEvent::UnknownType { .. } => Failure::Transient(invalid.to_string()),
+            permanent => Failure::Permanent(permanent),
+        })?;
         let span = tracing::Span::current();
         span.record("event_id", envelope.id.as_str());
         span.record("member", envelope.member.as_str());
 
+        // Only a first delivery can be stale: a redelivery may already be written for some
+        // device types, and dropping it now would leave the others without it.
         let age = OffsetDateTime::now_utc() - published;
-        if age > route.spec.stale_after {
+        if deliveries <= 1 && age > route.spec.stale_after {
             debug!(age = %age, "stale");
             return Ok(Outcome::Stale);
         }
-        if self.delivered_ids.contains_key(envelope.id.as_str()) {
+        let dedup_key = format!("{}.{}.{}", envelope.member, envelope.event_type, envelope.id);
+        if self.delivered_ids.contains_key(&dedup_key) {
             return Ok(Outcome::Duplicate);
         }
 
@@ -133,6 +142,7 @@ impl Pipeline {
         let mut existing_any = false;
         for device_type in &route.targets {
             let mut notification = Notification::from_event(&envelope, device_type, published_at_ms);
+            notification.collapse_key = route.collapse_key.clone();
             let key = subject::history_key(
                 &envelope.member,
                 device_type,
@@ -167,7 +177,7 @@ impl Pipeline {
         }
 
         let outcome = if written_any {
-            self.delivered_ids.insert(envelope.id.to_string(), ());
+            self.delivered_ids.insert(dedup_key, ());
             Outcome::Delivered
         } else if existing_any {
             Outcome::Duplicate
@@ -192,8 +202,8 @@ impl Pipeline {
         }
     }
 
-    /// A collapsing notification replaces the one under its key unless that one is newer (by the
-    /// server's receive time), with a compare-and-set so that concurrent workers cannot interleave.
+    /// A collapsing notification replaces the one under its key unless that one is newer (see
+    /// [`newer`]), with a compare-and-set so that concurrent workers cannot interleave.
     async fn write_collapsing(&self, key: &str, notification: &Notification) -> Result<Written, Failure> {
         let value = Bytes::from(notification.encode());
         for _attempt in 0..8 {
@@ -210,7 +220,7 @@ impl Pipeline {
                         if stored.id == notification.id {
                             return Ok(Written::Existing(entry.revision));
                         }
-                        if stored.published_at_ms > notification.published_at_ms {
+                        if newer(&stored, notification) {
                             return Ok(Written::Superseded);
                         }
                     }
@@ -258,6 +268,13 @@ impl Pipeline {
     }
 }
 
+/// Whether `stored` is a newer state than `incoming` under the same collapse key: by when it
+/// happened at the source (a publisher's late retry keeps its original time), then by when the
+/// server received it. On a tie in both, the later write wins.
+fn newer(stored: &Notification, incoming: &Notification) -> bool {
+    (stored.occurred_at_ms, stored.published_at_ms) > (incoming.occurred_at_ms, incoming.published_at_ms)
+}
+
 fn transient(error: impl std::fmt::Display) -> Failure {
     Failure::Transient(error.to_string())
 }
@@ -278,6 +295,30 @@ fn retry_delay(deliveries: i64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn notification(occurred_at_ms: u64, published_at_ms: u64) -> Notification {
+        Notification {
+            seq: 0,
+            id: reno_model::EventId::new("e").unwrap(),
+            event_type: reno_model::EventType::new("plan_changed").unwrap(),
+            member: reno_model::MemberId::new("m").unwrap(),
+            device_type: DeviceType::new("tv").unwrap(),
+            occurred_at_ms,
+            published_at_ms,
+            payload: reno_model::Value::Null,
+            collapse_key: None,
+        }
+    }
+
+    #[test]
+    fn collapse_orders_by_source_time_then_server_time() {
+        // A publisher's late retry of an old state keeps its source time and loses.
+        assert!(newer(&notification(200, 1_000), &notification(100, 9_000)));
+        assert!(!newer(&notification(100, 9_000), &notification(200, 1_000)));
+        // Same source time: the server's receive time decides; a full tie lets the write through.
+        assert!(newer(&notification(100, 2), &notification(100, 1)));
+        assert!(!newer(&notification(100, 1), &notification(100, 1)));
+    }
 
     #[test]
     fn retry_delay_doubles_up_to_a_minute() {

@@ -141,7 +141,15 @@ async fn run_priority(
                     let pipeline = pipeline.clone();
                     async move {
                         match message {
-                            Ok(message) => pipeline.handle(message).await,
+                            // A task of its own, so that the pool's threads share the work.
+                            Ok(message) => {
+                                let handled = tokio::spawn(
+                                    async move { pipeline.handle(message).await }.in_current_span(),
+                                );
+                                if let Err(error) = handled.await {
+                                    warn!(%error, "event handler failed; the event will be redelivered");
+                                }
+                            }
                             // A missed heartbeat or a failed pull is not fatal: the stream goes on.
                             Err(error) => warn!(%error, "pull stream error"),
                         }

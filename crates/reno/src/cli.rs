@@ -158,6 +158,10 @@ pub struct DeviceArgs {
     /// The highest seq already seen; what came after it is pulled first.
     #[arg(long, default_value_t = 0)]
     pub cursor: u64,
+    /// The history epoch the cursor belongs to (printed with each resync); a different one means
+    /// the history was reset and the device resyncs.
+    #[arg(long)]
+    pub epoch: Option<u64>,
     /// Exit after this many notifications (default: run until interrupted).
     #[arg(long)]
     pub count: Option<usize>,

@@ -165,6 +165,7 @@ async fn publish(args: PublishArgs) -> Result<()> {
 async fn device(args: DeviceArgs) -> Result<()> {
     let mut config = DeviceConfig::new(args.url, args.member, args.device_type);
     config.cursor = args.cursor;
+    config.epoch = args.epoch;
     let mut device = Device::connect(config).await?;
     let stop = Shutdown::on_signal();
     let mut printed = 0;
@@ -186,7 +187,9 @@ async fn device(args: DeviceArgs) -> Result<()> {
         };
         let line = match event {
             DeviceEvent::Notification(notification) => serde_json::to_value(&notification)?,
-            DeviceEvent::Resync => serde_json::json!({ "resync": true, "cursor": device.cursor() }),
+            DeviceEvent::Resync => {
+                serde_json::json!({ "resync": true, "cursor": device.cursor(), "epoch": device.epoch() })
+            }
         };
         writeln!(stdout, "{line}")?;
         stdout.flush()?;

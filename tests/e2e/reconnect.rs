@@ -1,0 +1,118 @@
+//! The device side over an unreliable network and a changing deployment: a device cut off the
+//! network catches up on reconnect, pages of large notifications stay within the message limit, and
+//! an event type newer than a worker's registry waits for a worker that knows it.
+
+use std::collections::BTreeSet;
+
+use futures::StreamExt;
+
+use reno_model::notification::MAX_PAGE_BYTES;
+use reno_testkit::Relay;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_device_cut_off_the_network_catches_up_on_reconnect() {
+    let mut stack = Stack::start().await;
+    let worker = stack.start_all().await;
+    let relay = Relay::start(stack.nats.websocket_url()).unwrap();
+    let config = reno_device::DeviceConfig::new(relay.url("ws"), member_id("uma"), device("tv"));
+    let mut tv = within("device connects", reno_device::Device::connect(config)).await.unwrap();
+    // A plain subscriber behind the same relay shows what push alone delivers.
+    let spy_client = async_nats::connect(relay.url("ws")).await.unwrap();
+    let mut spy = spy_client.subscribe("reno.ntf.uma.tv").await.unwrap();
+    spy_client.flush().await.unwrap();
+    let before = event("my_list_updated", "uma", text("before"));
+    stack.publisher().publish(&before).await.unwrap();
+    assert_eq!(next_notification(&mut tv).await.id, before.id);
+    assert_eq!(decode(within("spy", spy.next()).await.unwrap()).id, before.id);
+
+    // While the device is off the network, 30 events are delivered: their pushes are lost to it.
+    relay.cut();
+    let mut missed = BTreeSet::new();
+    for index in 0..30u32 {
+        let update = event("my_list_updated", "uma", reno_model::Value::Integer(index.into()));
+        stack.publisher().publish(&update).await.unwrap();
+        missed.insert(update.id.to_string());
+    }
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 31).await;
+    relay.restore();
+
+    // Back online, it pulls exactly those, once each, and then goes on by push.
+    let mut received = Vec::new();
+    for _ in 0..30 {
+        received.push(next_notification(&mut tv).await.id.to_string());
+    }
+    assert_eq!(received.iter().cloned().collect::<BTreeSet<_>>(), missed);
+    assert_eq!(received.len(), missed.len(), "nothing twice");
+    let after = event("my_list_updated", "uma", text("after"));
+    stack.publisher().publish(&after).await.unwrap();
+    assert_eq!(next_notification(&mut tv).await.id, after.id);
+    // The cut was real: push alone lost all 30, the spy's next message is the one after.
+    assert_eq!(decode(within("spy", spy.next()).await.unwrap()).id, after.id);
+}
+
+fn decode(message: async_nats::Message) -> reno_model::Notification {
+    reno_model::Notification::decode(&message.payload).unwrap()
+}
+
+#[tokio::test]
+async fn pages_of_large_notifications_stay_within_the_message_limit() {
+    let mut stack = Stack::start().await;
+    let worker = stack.start_all().await;
+    let mut published = BTreeSet::new();
+    for index in 0..20 {
+        // Close to the 64 KiB envelope limit each.
+        let update = event("viewing_activity", "vera", text(&format!("{index:02}{}", "x".repeat(60_000))));
+        stack.publisher().publish(&update).await.unwrap();
+        published.insert(update.id.to_string());
+    }
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 20).await;
+
+    let page = stack.pull_page("vera", "tv", 0, 100).await;
+    assert!(page.more, "20 x 60 KB do not fit one page");
+    assert!(page.encode().len() <= MAX_PAGE_BYTES, "page of {} bytes", page.encode().len());
+    assert_eq!(page.next_cursor, page.notifications.last().unwrap().seq);
+
+    let mut tv = stack.device("vera", "tv", 0).await;
+    let mut received = BTreeSet::new();
+    for _ in 0..20 {
+        received.insert(next_notification(&mut tv).await.id.to_string());
+    }
+    assert_eq!(received, published);
+}
+
+const OLD_REGISTRY: &str = r#"
+device_types = ["tv"]
+[types.established]
+priority = "normal"
+stale_after_secs = 3600
+"#;
+
+#[tokio::test]
+async fn a_type_newer_than_a_workers_registry_waits_for_a_worker_that_knows_it() {
+    let mut stack = Stack::start_with(Some(OLD_REGISTRY), &[]).await;
+    stack.start_pull_service().await;
+    let old_worker = stack.start_worker(&["--priority", "normal"]);
+    stack.wait_until_pulling("RENO_NORMAL", 1).await;
+    // The new type is provisioned while the old worker still runs with the registry it read.
+    let new_registry =
+        format!("{OLD_REGISTRY}\n[types.newcomer]\npriority = \"normal\"\nstale_after_secs = 3600\n");
+    stack.rewrite_registry(&new_registry);
+    stack.provision(&[]);
+    let newcomer = event("newcomer", "wes", text("hello"));
+    stack.publisher().publish(&newcomer).await.unwrap();
+    stack.wait_for_counter(old_worker, "reno_worker_events_total", &[("outcome", "retried")], 1).await;
+
+    let new_worker = stack.start_worker(&["--priority", "normal"]);
+    stack.wait_for_counter(new_worker, "reno_worker_events_total", &[("outcome", "delivered")], 1).await;
+    let page = stack.pull_page("wes", "tv", 0, 100).await;
+    assert_eq!(page.notifications.len(), 1);
+    assert_eq!(page.notifications[0].id, newcomer.id);
+    for worker in [old_worker, new_worker] {
+        assert_eq!(
+            stack.counter(worker, "reno_worker_events_total", &[("outcome", "dead_lettered")]).await,
+            0
+        );
+    }
+}
