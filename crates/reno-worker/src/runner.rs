@@ -147,7 +147,9 @@ async fn run_priority(
                                     async move { pipeline.handle(message).await }.in_current_span(),
                                 );
                                 if let Err(error) = handled.await {
+                                    // Unacked, so JetStream redelivers it after the ack wait.
                                     warn!(%error, "event handler failed; the event will be redelivered");
+                                    crate::outcome::count(priority, crate::outcome::Outcome::Retried, 0.0);
                                 }
                             }
                             // A missed heartbeat or a failed pull is not fatal: the stream goes on.
