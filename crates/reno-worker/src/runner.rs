@@ -15,6 +15,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     config::{PoolConfig, WorkerConfig},
+    outcome::{self, Outcome},
     pipeline::Pipeline,
 };
 
@@ -115,7 +116,7 @@ async fn run_priority(
 
         let batch = pool.concurrency.clamp(1, 1000);
         while !*stop.borrow() {
-            let messages = match consumer
+            let mut messages = match consumer
                 .stream()
                 .max_messages_per_batch(batch)
                 .heartbeat(Duration::from_secs(5))
@@ -130,7 +131,6 @@ async fn run_priority(
                     continue;
                 }
             };
-            let mut messages = messages;
             let mut stop_for_stream = stop.clone();
             let stopped = async move {
                 let _ = stop_for_stream.wait_for(|stopped| *stopped).await;
@@ -149,7 +149,7 @@ async fn run_priority(
                                 if let Err(error) = handled.await {
                                     // Unacked, so JetStream redelivers it after the ack wait.
                                     warn!(%error, "event handler failed; the event will be redelivered");
-                                    crate::outcome::count(priority, crate::outcome::Outcome::Retried, 0.0);
+                                    outcome::count(priority, Outcome::Retried, 0.0);
                                 }
                             }
                             // A missed heartbeat or a failed pull is not fatal: the stream goes on.
