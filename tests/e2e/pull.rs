@@ -148,3 +148,32 @@ async fn the_pull_service_refuses_bad_requests_with_a_reason() {
     let reason = headers.get("Nats-Service-Error").unwrap().to_string();
     assert!(reason.contains("expected CBOR {cursor, limit?}"), "{reason}");
 }
+
+#[tokio::test]
+async fn what_came_by_push_is_not_handed_out_again_by_pull() {
+    let mut stack = Stack::start().await;
+    let worker = stack.start_all().await;
+    let mut tv = stack.device("olga", "tv", 0).await;
+    // A first event settles the device: the catch-up its connection owes is done by now.
+    publish_and_deliver(&stack, worker, "olga", 1).await;
+    next_notification(&mut tv).await;
+    let cursor_before = tv.cursor();
+
+    let published = publish_and_deliver(&stack, worker, "olga", 20).await;
+    let mut received = Vec::new();
+    for _ in 0..20 {
+        received.push(next_notification(&mut tv).await);
+    }
+    let ids: BTreeSet<String> = received.iter().map(|notification| notification.id.to_string()).collect();
+    assert_eq!(ids, published);
+    assert_eq!(tv.cursor(), cursor_before, "the 20 came by push: the cursor moves only by pull");
+
+    // A catch-up at a lifecycle point pulls the same 20 from the history: none comes out again,
+    // and the cursor moves past them.
+    within("catch-up", tv.catch_up()).await.unwrap();
+    let last_seq = received.iter().map(|notification| notification.seq).max().unwrap();
+    assert!(tv.cursor() >= last_seq, "cursor {} after the catch-up", tv.cursor());
+    let after = event("viewing_activity", "olga", text("after"));
+    stack.publisher().publish(&after).await.unwrap();
+    assert_eq!(next_notification(&mut tv).await.id, after.id);
+}
