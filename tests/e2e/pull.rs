@@ -125,8 +125,7 @@ async fn a_cursor_from_a_reset_history_gets_the_resync_signal() {
 
     let mut config =
         reno_device::DeviceConfig::new(stack.nats.websocket_url(), member_id("heidi"), device("tv"));
-    config.cursor = old.next_cursor;
-    config.epoch = Some(old.epoch);
+    config.position = old.next_position();
     let mut tv = within("device connects", reno_device::Device::connect(config)).await.unwrap();
     assert_eq!(within("resync", tv.next()).await.unwrap(), DeviceEvent::Resync);
     let mut received = BTreeSet::new();
@@ -134,7 +133,7 @@ async fn a_cursor_from_a_reset_history_gets_the_resync_signal() {
         received.insert(next_notification(&mut tv).await.id.to_string());
     }
     assert_eq!(received, new_ids);
-    assert_eq!(tv.epoch(), Some(page.epoch));
+    assert_eq!(tv.position().epoch, Some(page.epoch));
 }
 
 #[tokio::test]
@@ -176,4 +175,69 @@ async fn what_came_by_push_is_not_handed_out_again_by_pull() {
     let after = event("viewing_activity", "olga", text("after"));
     stack.publisher().publish(&after).await.unwrap();
     assert_eq!(next_notification(&mut tv).await.id, after.id);
+}
+
+#[tokio::test]
+async fn entries_replaced_by_collapse_are_no_gap() {
+    let mut stack = Stack::start().await;
+    let worker = stack.start_all().await;
+    // The first entries of the history are one member's plan, on every device type.
+    stack.publisher().publish(&event("plan_changed", "xena", text("basic"))).await.unwrap();
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 1).await;
+    let first = stack.pull_page("xena", "tv", 0, 100).await;
+    assert_eq!(first.notifications.len(), 1);
+    let position = first.next_position();
+    assert!(position.cursor_time_ms.is_some(), "a page says when its last entry was written");
+
+    // A new plan replaces them all, so the history now starts after the device's cursor.
+    let newer = event("plan_changed", "xena", text("premium"));
+    stack.publisher().publish(&newer).await.unwrap();
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 2).await;
+    let history = reno_model::subject::HISTORY_BUCKET;
+    let mut stream = stack.jetstream.get_stream(format!("KV_{history}")).await.unwrap();
+    let first_seq = stream.info().await.unwrap().state.first_sequence;
+    assert!(position.cursor + 1 < first_seq, "the cursor is below the history's start");
+
+    // Knowing when its cursor was written, the service sees that nothing after it can have
+    // expired: no resync, just the newer state.
+    let request = position.request(100);
+    let subject = reno_model::subject::pull_subject(&member_id("xena"), &device("tv"));
+    let response = stack.client.request(subject, request.encode().into()).await.unwrap();
+    let page = reno_model::PullPage::decode(&response.payload).unwrap();
+    assert!(!page.resync);
+    assert_eq!(page.notifications.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), [newer.id.clone()]);
+    // Without that time it cannot tell, and says resync.
+    assert!(stack.pull_page_in("xena", "tv", position.cursor, position.epoch, 100).await.resync);
+    // The device SDK keeps the time with its position.
+    let mut config =
+        reno_device::DeviceConfig::new(stack.nats.websocket_url(), member_id("xena"), device("tv"));
+    config.position = position;
+    let mut tv = within("device connects", reno_device::Device::connect(config)).await.unwrap();
+    assert_eq!(next_notification(&mut tv).await.id, newer.id);
+}
+
+#[tokio::test]
+async fn entries_lost_to_retention_are_a_gap() {
+    let mut stack = Stack::start_with(None, &["--history-retention-secs", "1"]).await;
+    let worker = stack.start_all().await;
+    publish_and_deliver(&stack, worker, "yuri", 3).await;
+    let position = stack.pull_page("yuri", "tv", 0, 100).await.next_position();
+    // Retention (1 s here) removes them; then more arrive.
+    let history = reno_model::subject::HISTORY_BUCKET;
+    eventually("the history expires its entries", || async {
+        let mut stream = stack.jetstream.get_stream(format!("KV_{history}")).await.unwrap();
+        stream.info().await.unwrap().state.messages == 0
+    })
+    .await;
+    let later = publish_and_deliver(&stack, worker, "yuri", 2).await;
+
+    let mut config =
+        reno_device::DeviceConfig::new(stack.nats.websocket_url(), member_id("yuri"), device("tv"));
+    config.position = position;
+    let mut tv = within("device connects", reno_device::Device::connect(config)).await.unwrap();
+    assert_eq!(within("resync", tv.next()).await.unwrap(), DeviceEvent::Resync);
+    let received: BTreeSet<String> =
+        [next_notification(&mut tv).await.id.to_string(), next_notification(&mut tv).await.id.to_string()]
+            .into();
+    assert_eq!(received, later);
 }

@@ -182,7 +182,7 @@ impl Stack {
     /// A device over the server's websocket listener, caught up from `cursor`.
     pub async fn device(&self, member: &str, device_type: &str, cursor: u64) -> Device {
         let mut config = DeviceConfig::new(self.nats.websocket_url(), member_id(member), device(device_type));
-        config.cursor = cursor;
+        config.position.cursor = cursor;
         within("device connects", Device::connect(config)).await.expect("device connects")
     }
 
@@ -200,7 +200,7 @@ impl Stack {
         epoch: Option<u64>,
         limit: u32,
     ) -> PullPage {
-        let request = PullRequest { cursor, limit: Some(limit), epoch };
+        let request = PullRequest { cursor, limit: Some(limit), epoch, cursor_time_ms: None };
         let subject = reno_model::subject::pull_subject(&member_id(member), &device(device_type));
         let response = within("pull answer", self.client.request(subject, request.encode().into()))
             .await

@@ -13,7 +13,7 @@ use std::{
 use async_nats::{Event, Subscriber};
 use futures::StreamExt;
 use reno_model::{
-    CollapseKey, DeviceType, EventType, MemberId, Notification, PullPage, PullRequest,
+    CollapseKey, DeviceType, EventType, MemberId, Notification, Position, PullPage,
     notification::DEFAULT_PAGE_LIMIT, subject,
 };
 use tokio::sync::mpsc;
@@ -31,10 +31,9 @@ pub struct DeviceConfig {
     pub url: String,
     pub member: MemberId,
     pub device_type: DeviceType,
-    /// The highest `seq` the app has already handled (0 for none): what it missed is pulled from here.
-    pub cursor: u64,
-    /// The history epoch the cursor belongs to ([`Device::epoch`] when it was saved), if known.
-    pub epoch: Option<u64>,
+    /// Where the app stands ([`Device::position`] when it last saved it; the default for a new
+    /// device): what it missed is pulled from here.
+    pub position: Position,
     /// Notifications per pull page.
     pub page_limit: u32,
 }
@@ -45,8 +44,7 @@ impl DeviceConfig {
             url: url.into(),
             member,
             device_type,
-            cursor: 0,
-            epoch: None,
+            position: Position::default(),
             page_limit: DEFAULT_PAGE_LIMIT,
         }
     }
@@ -89,22 +87,20 @@ pub struct Device {
     /// A catch-up pull is owed (after a reconnect, or when `seen` is full); kept until one succeeds.
     catch_up_owed: bool,
     /// Every history entry up to here has been pulled: the next pull starts after it.
-    pulled: u64,
-    /// Every history entry up to here has been handed to the app: the cursor to persist.
-    handed: u64,
-    /// The history epoch the cursors belong to; persisted with the cursor.
-    epoch: Option<u64>,
+    pulled: Position,
+    /// Every history entry up to here has been handed to the app: the position to persist.
+    handed: Position,
     /// For collapsing notifications, the newest seq handed out per (type, collapse key): an older
     /// one arriving late (pushes from concurrent workers can cross) is stale state and dropped.
     newest: HashMap<(EventType, CollapseKey), u64>,
     /// Seqs above `pulled` already queued or handed (pushes), so that a pull does not repeat them.
     seen: BTreeSet<u64>,
-    /// Events ready for the app, in order, each with the cursor that holds once it is handed out.
-    ready: VecDeque<(DeviceEvent, Option<u64>)>,
+    /// Events ready for the app, in order, each with the position that holds once it is handed out.
+    ready: VecDeque<(DeviceEvent, Option<Position>)>,
 }
 
 impl Device {
-    /// Connects, subscribes, and pulls everything after `config.cursor` (or leaves that owed to the
+    /// Connects, subscribes, and pulls everything after `config.position` (or leaves that owed to the
     /// first `next` when the pull service does not answer yet).
     pub async fn connect(config: DeviceConfig) -> Result<Self, DeviceError> {
         let (missed_sender, missed) = mpsc::unbounded_channel();
@@ -126,16 +122,15 @@ impl Device {
             .subscribe(subject::push_subject(&config.member, &config.device_type))
             .await
             .map_err(DeviceError::Subscribe)?;
-        let (cursor, epoch) = (config.cursor, config.epoch);
+        let position = config.position;
         let mut device = Device {
             config,
             client,
             pushes,
             missed,
             catch_up_owed: true,
-            pulled: cursor,
-            handed: cursor,
-            epoch,
+            pulled: position,
+            handed: position,
             newest: HashMap::new(),
             seen: BTreeSet::new(),
             ready: VecDeque::new(),
@@ -155,9 +150,9 @@ impl Device {
             if self.catch_up_owed {
                 self.catch_up().await?;
             }
-            if let Some((event, cursor)) = self.ready.pop_front() {
-                if let Some(cursor) = cursor {
-                    self.handed = cursor;
+            if let Some((event, position)) = self.ready.pop_front() {
+                if let Some(position) = position {
+                    self.handed = position;
                 }
                 if let DeviceEvent::Notification(notification) = &event
                     && self.superseded(notification)
@@ -181,15 +176,16 @@ impl Device {
         }
     }
 
-    /// The cursor to persist: every notification up to it has been handed out by `next`. Pushes
-    /// handed out above it come again after a restart from it (apply notifications idempotently).
-    pub fn cursor(&self) -> u64 {
+    /// The position to persist and give back in [`DeviceConfig::position`]: every notification up
+    /// to its cursor has been handed out by `next`. Pushes handed out above it come again after a
+    /// restart from it (apply notifications idempotently).
+    pub fn position(&self) -> Position {
         self.handed
     }
 
-    /// The history epoch to persist with the cursor and give back in [`DeviceConfig::epoch`].
-    pub fn epoch(&self) -> Option<u64> {
-        self.epoch
+    /// The cursor of [`Device::position`].
+    pub fn cursor(&self) -> u64 {
+        self.handed.cursor
     }
 
     /// Whether a newer notification with the same collapse key was handed out already; if not,
@@ -211,26 +207,31 @@ impl Device {
     pub async fn catch_up(&mut self) -> Result<(), DeviceError> {
         loop {
             let page = self.pull_page().await?;
-            self.epoch = Some(page.epoch);
+            let end = page.next_position();
             if page.resync {
                 // The history restarts below or beyond our cursor: take the page as it comes.
-                self.ready.push_back((DeviceEvent::Resync, Some(0)));
+                self.ready.push_back((DeviceEvent::Resync, None));
                 self.seen.clear();
                 self.newest.clear();
-                self.pulled = 0;
+                self.pulled = Position { cursor: 0, ..end };
             }
             for notification in page.notifications {
-                let seq = notification.seq;
-                self.accept(notification, Some(seq));
+                let at = Position {
+                    cursor: notification.seq,
+                    epoch: Some(page.epoch),
+                    // The event's receive time comes before its history write: a safe stand-in.
+                    cursor_time_ms: Some(notification.published_at_ms),
+                };
+                self.accept(notification, Some(at));
             }
-            self.pulled = self.pulled.max(page.next_cursor);
-            // The page's end becomes the app's cursor once everything queued before it is handed out.
-            let pulled = self.pulled;
+            // The page's end becomes the app's position once everything queued before it is
+            // handed out (within an epoch, no queued position lies beyond it).
+            self.pulled = end;
             match self.ready.back_mut() {
-                Some((_, cursor)) => *cursor = Some(cursor.unwrap_or(0).max(pulled)),
-                None => self.handed = pulled,
+                Some((_, position)) => *position = Some(end),
+                None => self.handed = end,
             }
-            self.seen.retain(|seq| *seq > pulled);
+            self.seen.retain(|seq| *seq > end.cursor);
             if !page.more {
                 break;
             }
@@ -240,8 +241,7 @@ impl Device {
     }
 
     async fn pull_page(&self) -> Result<PullPage, DeviceError> {
-        let request =
-            PullRequest { cursor: self.pulled, limit: Some(self.config.page_limit), epoch: self.epoch };
+        let request = self.pulled.request(self.config.page_limit);
         let subject = subject::pull_subject(&self.config.member, &self.config.device_type);
         let response =
             tokio::time::timeout(PULL_TIMEOUT, self.client.request(subject, request.encode().into()))
@@ -259,18 +259,18 @@ impl Device {
     }
 
     /// Queues a notification for the app unless it was queued before or is not this device's;
-    /// `cursor` is what the app's cursor becomes once it is handed out (pushes leave it as is).
-    fn accept(&mut self, notification: Notification, cursor: Option<u64>) {
+    /// `position` is what the app's position becomes once it is handed out (pushes leave it as is).
+    fn accept(&mut self, notification: Notification, position: Option<Position>) {
         if notification.member != self.config.member || notification.device_type != self.config.device_type {
             warn!(seq = notification.seq, "notification for another member or device type dropped");
             return;
         }
-        if notification.seq <= self.pulled || !self.seen.insert(notification.seq) {
+        if notification.seq <= self.pulled.cursor || !self.seen.insert(notification.seq) {
             return;
         }
         if self.seen.len() > MAX_SEEN {
             self.catch_up_owed = true;
         }
-        self.ready.push_back((DeviceEvent::Notification(notification), cursor));
+        self.ready.push_back((DeviceEvent::Notification(notification), position));
     }
 }

@@ -12,7 +12,7 @@ pub mod subject;
 pub mod token;
 
 pub use envelope::{Envelope, InvalidEvent, Route};
-pub use notification::{Notification, PullPage, PullRequest};
+pub use notification::{Notification, Position, PullPage, PullRequest};
 pub use registry::{Priority, Registry, RegistryError, TypeSpec};
 pub use token::{CollapseKey, DeviceType, EventId, EventType, MemberId, TokenError};
 

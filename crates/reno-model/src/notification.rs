@@ -68,6 +68,63 @@ impl Notification {
     }
 }
 
+/// Where a device stands in the history: what it persists between runs and sends with each pull.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// The highest `seq` it has; 0 for a device with nothing yet.
+    pub cursor: u64,
+    /// The history epoch the cursor belongs to (a page's `epoch`).
+    pub epoch: Option<u64>,
+    /// When the history entry at the cursor was written (or any earlier time), in milliseconds
+    /// since the Unix epoch: tells entries lost to retention from entries replaced by collapse.
+    pub cursor_time_ms: Option<u64>,
+}
+
+impl Position {
+    /// The request for the page after this position.
+    pub fn request(&self, limit: u32) -> PullRequest {
+        PullRequest {
+            cursor: self.cursor,
+            limit: Some(limit),
+            epoch: self.epoch,
+            cursor_time_ms: self.cursor_time_ms,
+        }
+    }
+}
+
+/// `cursor[:epoch[:cursor_time_ms]]`, with empty parts for unknown values: one string to keep.
+impl std::fmt::Display for Position {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let part = |value: Option<u64>| value.map(|value| value.to_string()).unwrap_or_default();
+        match (self.epoch, self.cursor_time_ms) {
+            (None, None) => write!(formatter, "{}", self.cursor),
+            (epoch, None) => write!(formatter, "{}:{}", self.cursor, part(epoch)),
+            (epoch, time) => write!(formatter, "{}:{}:{}", self.cursor, part(epoch), part(time)),
+        }
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let malformed =
+            || format!("{text:?} is not a position: use CURSOR[:EPOCH[:CURSOR_TIME_MS]] with whole numbers");
+        let number = |part: &str| part.parse::<u64>().map_err(|_| malformed());
+        let optional = |part: Option<&str>| match part {
+            None | Some("") => Ok(None),
+            Some(part) => number(part).map(Some),
+        };
+        let mut parts = text.split(':');
+        let cursor = number(parts.next().unwrap_or_default())?;
+        let epoch = optional(parts.next())?;
+        let cursor_time_ms = optional(parts.next())?;
+        if parts.next().is_some() {
+            return Err(malformed());
+        }
+        Ok(Position { cursor, epoch, cursor_time_ms })
+    }
+}
+
 /// A device's request for what it missed (CBOR, on `reno.pull.<member>.<device_type>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +138,11 @@ pub struct PullRequest {
     /// means nothing there and the device is told to resync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// The `next_cursor_time_ms` of the page the cursor came from (or the `published_at_ms` of
+    /// the notification at the cursor): lets the service tell entries after the cursor that
+    /// expired (resync) from entries that were only replaced by collapse (no resync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_time_ms: Option<u64>,
 }
 
 impl PullRequest {
@@ -109,6 +171,21 @@ pub struct PullPage {
     /// Identifies this incarnation of the history (when its bucket was created, in nanoseconds
     /// since the Unix epoch): keep it with the cursor and send it back with the next request.
     pub epoch: u64,
+    /// When the history entry at `next_cursor` was written, milliseconds since the Unix epoch, if
+    /// known: keep it with the cursor and send it back as `cursor_time_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor_time_ms: Option<u64>,
+}
+
+impl PullPage {
+    /// The position after this page.
+    pub fn next_position(&self) -> Position {
+        Position {
+            cursor: self.next_cursor,
+            epoch: Some(self.epoch),
+            cursor_time_ms: self.next_cursor_time_ms,
+        }
+    }
 }
 
 impl PullPage {
@@ -126,10 +203,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn positions_read_back_as_written() {
+        let cases = [
+            (Position { cursor: 7, epoch: None, cursor_time_ms: None }, "7"),
+            (Position { cursor: 7, epoch: Some(3), cursor_time_ms: None }, "7:3"),
+            (Position { cursor: 7, epoch: Some(3), cursor_time_ms: Some(9) }, "7:3:9"),
+            (Position { cursor: 7, epoch: None, cursor_time_ms: Some(9) }, "7::9"),
+        ];
+        for (position, text) in cases {
+            assert_eq!(position.to_string(), text);
+            assert_eq!(text.parse::<Position>().unwrap(), position);
+        }
+        for bad in ["", "x", "7:y", "7:3:9:1", "-1"] {
+            assert!(bad.parse::<Position>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn pull_messages_round_trip() {
-        let request = PullRequest { cursor: 7, limit: Some(10), epoch: Some(3) };
+        let request = PullRequest { cursor: 7, limit: Some(10), epoch: Some(3), cursor_time_ms: Some(5) };
         assert_eq!(PullRequest::decode(&request.encode()).unwrap(), request);
-        let page = PullPage { notifications: vec![], next_cursor: 7, more: false, resync: true, epoch: 3 };
+        let page = PullPage {
+            notifications: vec![],
+            next_cursor: 7,
+            more: false,
+            resync: true,
+            epoch: 3,
+            next_cursor_time_ms: None,
+        };
         assert_eq!(PullPage::decode(&page.encode()).unwrap(), page);
     }
 }

@@ -3,7 +3,7 @@
 //! the server two requests per page (the stream's bounds, then the batch) and nothing it must clean
 //! up afterwards.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::{HeaderMap, StatusCode, jetstream};
 use futures::StreamExt;
@@ -12,6 +12,7 @@ use reno_model::{
     notification::{DEFAULT_PAGE_LIMIT, MAX_PAGE_BYTES, MAX_PAGE_LIMIT},
     subject,
 };
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tracing::warn;
 
 /// What a notification adds to a page beyond its stored bytes: its real `seq` (stored as 0) and
@@ -45,6 +46,53 @@ struct Bounds {
     last_seq: u64,
     /// When the bucket was created: a new value means a new history.
     epoch: u64,
+    /// How long entries are kept; `None` for as long as the bucket lives.
+    retention: Option<Duration>,
+}
+
+/// Where a page starts.
+#[derive(Debug, PartialEq, Eq)]
+struct Start {
+    /// The page holds entries after this seq.
+    after: u64,
+    /// When the entry at `after` was written, if known.
+    after_time_ms: Option<u64>,
+    /// Notifications after the device's cursor may be gone.
+    resync: bool,
+}
+
+/// How far apart the clocks of the servers of a cluster may be, for retention decisions.
+const CLOCK_SLACK_MS: u64 = 60_000;
+
+/// Decides where a page starts and whether the device must resync.
+///
+/// - A cursor from another epoch, or beyond the end, is from a history that was reset: start over.
+/// - A cursor below the first retained entry has a gap after it. The gap is a loss only if entries
+///   may have expired there: entries after the cursor were written after it, so they can have
+///   expired only if the cursor's own time is older than the retention. Otherwise they were
+///   replaced by collapse (their newer state is still there): read on from the cursor. Without a
+///   cursor time, assume the loss.
+fn start_of_page(request: &PullRequest, bounds: &Bounds, now_ms: u64) -> Start {
+    let reset = request.epoch.is_some_and(|epoch| epoch != bounds.epoch) || request.cursor > bounds.last_seq;
+    if reset {
+        return Start { after: 0, after_time_ms: None, resync: true };
+    }
+    let gap = request.cursor > 0 && request.cursor + 1 < bounds.first_seq;
+    let may_have_expired = match (request.cursor_time_ms, bounds.retention) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(time_ms), Some(retention)) => {
+            time_ms.saturating_add(retention.as_millis() as u64) <= now_ms.saturating_add(CLOCK_SLACK_MS)
+        }
+    };
+    if gap && may_have_expired {
+        return Start { after: bounds.first_seq - 1, after_time_ms: None, resync: true };
+    }
+    Start { after: request.cursor, after_time_ms: request.cursor_time_ms, resync: false }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 impl HistoryReader {
@@ -61,27 +109,21 @@ impl HistoryReader {
     ) -> Result<PullPage, HistoryError> {
         let limit = request.limit.unwrap_or(DEFAULT_PAGE_LIMIT).clamp(1, MAX_PAGE_LIMIT);
         let bounds = self.bounds().await?;
-        // A cursor from another epoch, or beyond the end, comes from a history that was reset
-        // (bucket recreated): start over. A cursor below the start has lost entries to retention:
-        // go on from the start. Either way the device is told to resync.
-        let reset = request.epoch.is_some_and(|epoch| epoch != bounds.epoch);
-        let (start_after, resync) = if reset || request.cursor > bounds.last_seq {
-            (0, true)
-        } else if request.cursor > 0 && request.cursor + 1 < bounds.first_seq {
-            (bounds.first_seq - 1, true)
-        } else {
-            (request.cursor, false)
-        };
-        let read = self.read(member, device_type, start_after + 1, limit).await?;
+        let start = start_of_page(&request, &bounds, now_ms());
+        let read = self.read(member, device_type, start.after + 1, limit).await?;
         // The last entry read, not the last notification returned: entries skipped as deleted or
         // unreadable must not be read again, or a page of them would repeat forever.
-        let next_cursor = read.last_seq.unwrap_or(start_after);
+        let (next_cursor, next_cursor_time_ms) = match read.last {
+            Some((seq, time_ms)) => (seq, time_ms),
+            None => (start.after, start.after_time_ms),
+        };
         Ok(PullPage {
             notifications: read.notifications,
             next_cursor,
             more: read.remaining > 0,
-            resync,
+            resync: start.resync,
             epoch: bounds.epoch,
+            next_cursor_time_ms,
         })
     }
 
@@ -94,7 +136,13 @@ impl HistoryReader {
             .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
         let info = stream.get_info().await.map_err(|error| HistoryError::Unavailable(error.to_string()))?;
         let epoch = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
-        Ok(Bounds { first_seq: info.state.first_sequence, last_seq: info.state.last_sequence, epoch })
+        let retention = (!info.config.max_age.is_zero()).then_some(info.config.max_age);
+        Ok(Bounds {
+            first_seq: info.state.first_sequence,
+            last_seq: info.state.last_sequence,
+            epoch,
+            retention,
+        })
     }
 
     /// Batched direct get (ADR-31): up to `limit` messages matching the filter from `start_seq` on,
@@ -126,7 +174,7 @@ impl HistoryReader {
             .await
             .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
 
-        let mut read = Read { notifications: Vec::new(), last_seq: None, remaining: 0, bytes: 0 };
+        let mut read = Read { notifications: Vec::new(), last: None, remaining: 0, bytes: 0 };
         loop {
             let reply = tokio::time::timeout(PAGE_TIMEOUT, replies.next())
                 .await
@@ -160,7 +208,11 @@ impl HistoryReader {
                 break;
             }
             read.bytes += cost;
-            read.last_seq = Some(seq);
+            let written_ms = headers
+                .and_then(|headers| headers.get("Nats-Time-Stamp"))
+                .and_then(|stamp| OffsetDateTime::parse(stamp.as_str(), &Rfc3339).ok())
+                .and_then(|time| u64::try_from(time.unix_timestamp_nanos() / 1_000_000).ok());
+            read.last = Some((seq, written_ms));
             let deleted = headers.and_then(|headers| headers.get("KV-Operation")).is_some();
             if deleted {
                 continue;
@@ -181,8 +233,8 @@ impl HistoryReader {
 struct Read {
     /// The readable notifications, in order.
     notifications: Vec<Notification>,
-    /// The seq of the last entry read, readable or not.
-    last_seq: Option<u64>,
+    /// The seq of the last entry read, readable or not, with when it was written.
+    last: Option<(u64, Option<u64>)>,
     /// Matching entries left after this batch.
     remaining: u64,
     /// The encoded size of the page so far, estimated from the stored entries.
@@ -191,4 +243,55 @@ struct Read {
 
 fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
     headers?.get(name)?.as_str().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    const NOW: u64 = 100 * DAY_MS;
+
+    fn bounds(first_seq: u64, last_seq: u64) -> Bounds {
+        Bounds { first_seq, last_seq, epoch: 1, retention: Some(Duration::from_millis(7 * DAY_MS)) }
+    }
+
+    fn request(cursor: u64, epoch: Option<u64>, cursor_time_ms: Option<u64>) -> PullRequest {
+        PullRequest { cursor, limit: None, epoch, cursor_time_ms }
+    }
+
+    fn start(after: u64, after_time_ms: Option<u64>, resync: bool) -> Start {
+        Start { after, after_time_ms, resync }
+    }
+
+    #[test]
+    fn a_cursor_inside_the_history_reads_on() {
+        assert_eq!(start_of_page(&request(0, None, None), &bounds(1, 50), NOW), start(0, None, false));
+        let inside = request(20, Some(1), Some(NOW - DAY_MS));
+        assert_eq!(start_of_page(&inside, &bounds(10, 50), NOW), start(20, Some(NOW - DAY_MS), false));
+        // Just below the first entry: nothing between them is missing.
+        assert_eq!(start_of_page(&request(9, None, None), &bounds(10, 50), NOW), start(9, None, false));
+    }
+
+    #[test]
+    fn a_reset_history_starts_over() {
+        assert_eq!(start_of_page(&request(20, Some(2), None), &bounds(1, 50), NOW), start(0, None, true));
+        assert_eq!(start_of_page(&request(60, None, None), &bounds(1, 50), NOW), start(0, None, true));
+    }
+
+    #[test]
+    fn a_gap_is_a_loss_only_where_entries_may_have_expired() {
+        // Unknown cursor time: assume the gap is a loss.
+        assert_eq!(start_of_page(&request(5, Some(1), None), &bounds(10, 50), NOW), start(9, None, true));
+        // A cursor older than the retention: entries after it may have expired.
+        let old = request(5, Some(1), Some(NOW - 8 * DAY_MS));
+        assert_eq!(start_of_page(&old, &bounds(10, 50), NOW), start(9, None, true));
+        // A recent cursor: nothing after it can have expired, the gap is collapsed entries.
+        let recent = request(5, Some(1), Some(NOW - DAY_MS));
+        assert_eq!(start_of_page(&recent, &bounds(10, 50), NOW), start(5, Some(NOW - DAY_MS), false));
+        // No retention limit: nothing expires.
+        let forever = Bounds { retention: None, ..bounds(10, 50) };
+        let ancient = request(5, Some(1), Some(1));
+        assert_eq!(start_of_page(&ancient, &forever, NOW), start(5, Some(1), false));
+    }
 }

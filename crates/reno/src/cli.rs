@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
-use reno_model::{CollapseKey, DeviceType, EventId, EventType, MemberId, Priority};
+use reno_model::{CollapseKey, DeviceType, EventId, EventType, MemberId, Position, Priority};
 
 #[derive(Parser)]
 #[command(name = "reno", version, about = "Rapid Event Notification System on NATS JetStream")]
@@ -155,13 +155,10 @@ pub struct DeviceArgs {
     pub member: MemberId,
     #[arg(long)]
     pub device_type: DeviceType,
-    /// The highest seq already seen; what came after it is pulled first.
-    #[arg(long, default_value_t = 0)]
-    pub cursor: u64,
-    /// The history epoch the cursor belongs to (printed with each resync); a different one means
-    /// the history was reset and the device resyncs.
-    #[arg(long)]
-    pub epoch: Option<u64>,
+    /// Where to start: a position as printed by an earlier run (CURSOR[:EPOCH[:CURSOR_TIME_MS]]),
+    /// or just the highest seq already seen. What came after it is pulled first.
+    #[arg(long, default_value = "0")]
+    pub from: Position,
     /// Exit after this many notifications (default: run until interrupted).
     #[arg(long)]
     pub count: Option<usize>,

@@ -164,8 +164,7 @@ async fn publish(args: PublishArgs) -> Result<()> {
 
 async fn device(args: DeviceArgs) -> Result<()> {
     let mut config = DeviceConfig::new(args.url, args.member, args.device_type);
-    config.cursor = args.cursor;
-    config.epoch = args.epoch;
+    config.position = args.from;
     let mut device = Device::connect(config).await?;
     let stop = Shutdown::on_signal();
     let mut printed = 0;
@@ -187,14 +186,14 @@ async fn device(args: DeviceArgs) -> Result<()> {
         };
         let line = match event {
             DeviceEvent::Notification(notification) => serde_json::to_value(&notification)?,
-            DeviceEvent::Resync => {
-                serde_json::json!({ "resync": true, "cursor": device.cursor(), "epoch": device.epoch() })
-            }
+            DeviceEvent::Resync => serde_json::json!({ "resync": true }),
         };
         writeln!(stdout, "{line}")?;
         stdout.flush()?;
         printed += 1;
     }
+    // Where to start next time (--from), for a watcher that is stopped and started again.
+    eprintln!("position {}", device.position());
     Ok(())
 }
 
