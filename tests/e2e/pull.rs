@@ -205,7 +205,8 @@ async fn entries_replaced_by_collapse_are_no_gap() {
     let response = stack.client.request(subject, request.encode().into()).await.unwrap();
     let page = reno_model::PullPage::decode(&response.payload).unwrap();
     assert!(!page.resync);
-    assert_eq!(page.notifications.iter().map(|n| n.id.clone()).collect::<Vec<_>>(), [newer.id.clone()]);
+    let ids: Vec<_> = page.notifications.iter().map(|notification| &notification.id).collect();
+    assert_eq!(ids, [&newer.id]);
     // Without that time it cannot tell, and says resync.
     assert!(stack.pull_page_in("xena", "tv", position.cursor, position.epoch, 100).await.resync);
     // The device SDK keeps the time with its position.
