@@ -85,7 +85,13 @@ async fn run_priority(
 ) -> Result<(), WorkerError> {
     let span = info_span!("worker", %priority, stream = subject::priority_stream(priority), consumer = subject::WORKER_CONSUMER);
     async move {
-        let client = reno_nats::connect_patiently(&config.nats_url, &format!("reno-worker-{priority}")).await;
+        let name = format!("reno-worker-{priority}");
+        let connecting = reno_nats::connect_patiently(&config.nats_url, &name);
+        let client = tokio::select! {
+            client = connecting => client,
+            // Told to stop before NATS was ever reached: nothing in flight, nothing to drain.
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+        };
         let jetstream = jetstream::new(client.clone());
         let stream_name = subject::priority_stream(priority);
         let stream = jetstream
