@@ -151,13 +151,15 @@ pub struct DeviceArgs {
     /// The edge's websocket address.
     #[arg(long, env = "RENO_WEBSOCKET_URL", default_value = "ws://127.0.0.1:9222")]
     pub url: String,
+    /// The member whose notifications this device gets.
     #[arg(long)]
     pub member: MemberId,
+    /// The kind of device, from the registry's device_types (mobile, tv, browser, console).
     #[arg(long)]
     pub device_type: DeviceType,
     /// Where to start: a position as printed by an earlier run (CURSOR[:EPOCH[:CURSOR_TIME_MS]]),
     /// or just the highest seq already seen. What came after it is pulled first.
-    #[arg(long, default_value = "0")]
+    #[arg(long, value_name = "POSITION", default_value = "0")]
     pub from: Position,
     /// Exit after this many notifications (default: run until interrupted).
     #[arg(long)]
