@@ -207,8 +207,10 @@ async fn entries_replaced_by_collapse_are_no_gap() {
     assert!(!page.resync);
     let ids: Vec<_> = page.notifications.iter().map(|notification| &notification.id).collect();
     assert_eq!(ids, [&newer.id]);
-    // Without that time it cannot tell, and says resync.
-    assert!(stack.pull_page_in("xena", "tv", position.cursor, position.epoch, 100).await.resync);
+    // With its epoch alone, the history's creation time stands in: still no resync. A bare
+    // cursor says nothing about when it was written, so the service assumes the worst.
+    assert!(!stack.pull_page_in("xena", "tv", position.cursor, position.epoch, 100).await.resync);
+    assert!(stack.pull_page("xena", "tv", position.cursor, 100).await.resync);
     // The device SDK keeps the time with its position.
     let mut config =
         reno_device::DeviceConfig::new(stack.nats.websocket_url(), member_id("xena"), device("tv"));
@@ -221,9 +223,10 @@ async fn entries_replaced_by_collapse_are_no_gap() {
 async fn entries_lost_to_retention_are_a_gap() {
     let mut stack = Stack::start_with(None, &["--history-retention-secs", "1"]).await;
     let worker = stack.start_all().await;
-    publish_and_deliver(&stack, worker, "yuri", 3).await;
+    publish_and_deliver(&stack, worker, "yuri", 1).await;
     let position = stack.pull_page("yuri", "tv", 0, 100).await.next_position();
-    // Retention (1 s here) removes them; then more arrive.
+    // Two more for the device while it is away; retention (1 s here) removes them unseen.
+    let lost = publish_and_deliver(&stack, worker, "yuri", 2).await;
     let history = reno_model::subject::HISTORY_BUCKET;
     eventually("the history expires its entries", || async {
         let mut stream = stack.jetstream.get_stream(format!("KV_{history}")).await.unwrap();
@@ -236,7 +239,7 @@ async fn entries_lost_to_retention_are_a_gap() {
         reno_device::DeviceConfig::new(stack.nats.websocket_url(), member_id("yuri"), device("tv"));
     config.position = position;
     let mut tv = within("device connects", reno_device::Device::connect(config)).await.unwrap();
-    assert_eq!(within("resync", tv.next()).await.unwrap(), DeviceEvent::Resync);
+    assert_eq!(within("resync", tv.next()).await.unwrap(), DeviceEvent::Resync, "{lost:?} were lost");
     let received: BTreeSet<String> =
         [next_notification(&mut tv).await.id.to_string(), next_notification(&mut tv).await.id.to_string()]
             .into();

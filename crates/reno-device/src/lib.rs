@@ -21,6 +21,10 @@ use tracing::{debug, warn};
 
 /// Pushes remembered above the cursor before the SDK pulls to move its cursor on.
 const MAX_SEEN: usize = 10_000;
+/// How often a connected device pulls even when nothing says it missed a push: keeps its position
+/// and that position's time fresh (well inside any sensible history retention), and picks up
+/// anything a silently lost push left out.
+const ROUTINE_CATCH_UP: Duration = Duration::from_secs(600);
 /// How long one pull page may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,6 +90,8 @@ pub struct Device {
     missed: mpsc::UnboundedReceiver<()>,
     /// A catch-up pull is owed (after a reconnect, or when `seen` is full); kept until one succeeds.
     catch_up_owed: bool,
+    /// When the next routine catch-up is due.
+    next_routine_catch_up: tokio::time::Instant,
     /// Every history entry up to here has been pulled: the next pull starts after it.
     pulled: Position,
     /// Every history entry up to here has been handed to the app: the position to persist.
@@ -129,6 +135,7 @@ impl Device {
             pushes,
             missed,
             catch_up_owed: true,
+            next_routine_catch_up: tokio::time::Instant::now() + ROUTINE_CATCH_UP,
             pulled: position,
             handed: position,
             newest: HashMap::new(),
@@ -147,24 +154,30 @@ impl Device {
     /// leaves the device usable: call again to retry.
     pub async fn next(&mut self) -> Result<DeviceEvent, DeviceError> {
         loop {
-            if self.catch_up_owed {
-                self.catch_up().await?;
-            }
+            // What is queued came before anything a catch-up would bring: hand it out first, even
+            // while the pull service is unreachable.
             if let Some((event, position)) = self.ready.pop_front() {
                 if let Some(position) = position {
                     self.handed = position;
                 }
-                if let DeviceEvent::Notification(notification) = &event
-                    && self.superseded(notification)
-                {
-                    continue;
+                match &event {
+                    DeviceEvent::Notification(notification) if self.superseded(notification) => continue,
+                    // Collapse state from before a resync says nothing about the history after it.
+                    DeviceEvent::Resync => self.newest.clear(),
+                    DeviceEvent::Notification(_) => {}
                 }
                 return Ok(event);
+            }
+            if self.catch_up_owed {
+                self.catch_up().await?;
+                continue;
             }
             tokio::select! {
                 // A missed-pushes signal first: what it owes comes before pushes that follow it.
                 biased;
                 Some(()) = self.missed.recv() => self.catch_up_owed = true,
+                // Now and then, so the position (and its time) keeps up with what came by push.
+                () = tokio::time::sleep_until(self.next_routine_catch_up) => self.catch_up_owed = true,
                 push = self.pushes.next() => {
                     let Some(message) = push else { return Err(DeviceError::Closed) };
                     match Notification::decode(&message.payload) {
@@ -209,10 +222,13 @@ impl Device {
             let page = self.pull_page().await?;
             let end = page.next_position();
             if page.resync {
-                // The history restarts below or beyond our cursor: take the page as it comes.
+                // The history restarts below or beyond our cursor: take the page as it comes. Seqs
+                // stay unique within an epoch, so what came by push is still known then; a new
+                // epoch starts its seqs over.
                 self.ready.push_back((DeviceEvent::Resync, None));
-                self.seen.clear();
-                self.newest.clear();
+                if self.pulled.epoch != Some(page.epoch) {
+                    self.seen.clear();
+                }
                 self.pulled = Position { cursor: 0, ..end };
             }
             for notification in page.notifications {
@@ -237,6 +253,7 @@ impl Device {
             }
         }
         self.catch_up_owed = false;
+        self.next_routine_catch_up = tokio::time::Instant::now() + ROUTINE_CATCH_UP;
         Ok(())
     }
 

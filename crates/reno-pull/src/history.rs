@@ -48,6 +48,15 @@ struct Bounds {
     epoch: u64,
     /// How long entries are kept; `None` for as long as the bucket lives.
     retention: Option<Duration>,
+    /// When the first retained entry was written, milliseconds since the Unix epoch.
+    first_time_ms: u64,
+}
+
+impl Bounds {
+    /// When the bucket was created, in milliseconds: before any of its entries.
+    fn created_ms(&self) -> u64 {
+        self.epoch / 1_000_000
+    }
 }
 
 /// Where a page starts.
@@ -72,13 +81,18 @@ const CLOCK_SLACK_MS: u64 = 60_000;
 ///   expired only if the cursor's own time is older than the retention. Otherwise they were
 ///   replaced by collapse (their newer state is still there): read on from the cursor. Without a
 ///   cursor time, assume the loss.
+/// - A cursor given with its epoch is a position in that history even at 0, and the history's
+///   creation time stands in for a missing cursor time (every entry was written after it). Only a
+///   bare cursor 0 is a device with nothing yet, which cannot have missed anything.
 fn start_of_page(request: &PullRequest, bounds: &Bounds, now_ms: u64) -> Start {
-    let reset = request.epoch.is_some_and(|epoch| epoch != bounds.epoch) || request.cursor > bounds.last_seq;
+    let same_epoch = request.epoch == Some(bounds.epoch);
+    let reset = (request.epoch.is_some() && !same_epoch) || request.cursor > bounds.last_seq;
     if reset {
-        return Start { after: 0, after_time_ms: None, resync: true };
+        return Start { after: 0, after_time_ms: Some(bounds.created_ms()), resync: true };
     }
-    let gap = request.cursor > 0 && request.cursor + 1 < bounds.first_seq;
-    let may_have_expired = match (request.cursor_time_ms, bounds.retention) {
+    let cursor_time_ms = request.cursor_time_ms.or(same_epoch.then(|| bounds.created_ms()));
+    let gap = (request.cursor > 0 || same_epoch) && request.cursor + 1 < bounds.first_seq;
+    let may_have_expired = match (cursor_time_ms, bounds.retention) {
         (None, _) => true,
         (Some(_), None) => false,
         (Some(time_ms), Some(retention)) => {
@@ -86,9 +100,14 @@ fn start_of_page(request: &PullRequest, bounds: &Bounds, now_ms: u64) -> Start {
         }
     };
     if gap && may_have_expired {
-        return Start { after: bounds.first_seq - 1, after_time_ms: None, resync: true };
+        // Every entry from the first retained one on was written at or after its time.
+        return Start {
+            after: bounds.first_seq - 1,
+            after_time_ms: Some(bounds.first_time_ms),
+            resync: true,
+        };
     }
-    Start { after: request.cursor, after_time_ms: request.cursor_time_ms, resync: false }
+    Start { after: request.cursor, after_time_ms: cursor_time_ms, resync: false }
 }
 
 fn now_ms() -> u64 {
@@ -137,11 +156,15 @@ impl HistoryReader {
         let info = stream.get_info().await.map_err(|error| HistoryError::Unavailable(error.to_string()))?;
         let epoch = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
         let retention = (!info.config.max_age.is_zero()).then_some(info.config.max_age);
+        // An empty stream reports a first time before 1970: clamp it, as the oldest possible.
+        let first_time_ms =
+            u64::try_from(info.state.first_timestamp.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         Ok(Bounds {
             first_seq: info.state.first_sequence,
             last_seq: info.state.last_sequence,
             epoch,
             retention,
+            first_time_ms,
         })
     }
 
@@ -222,7 +245,10 @@ impl HistoryReader {
                     notification.seq = seq;
                     read.notifications.push(notification);
                 }
-                Err(error) => warn!(seq, %error, "unreadable history entry skipped"),
+                Err(error) => {
+                    warn!(seq, %error, "unreadable history entry skipped");
+                    metrics::counter!("reno_pull_unreadable_entries_total").increment(1);
+                }
             }
         }
         Ok(read)
@@ -251,9 +277,19 @@ mod tests {
 
     const DAY_MS: u64 = 24 * 3600 * 1000;
     const NOW: u64 = 100 * DAY_MS;
+    /// The history's epoch: created on day 50 (in nanoseconds).
+    const EPOCH: u64 = 50 * DAY_MS * 1_000_000;
+    /// The first retained entry was written on day 95.
+    const FIRST_TIME: u64 = 95 * DAY_MS;
 
     fn bounds(first_seq: u64, last_seq: u64) -> Bounds {
-        Bounds { first_seq, last_seq, epoch: 1, retention: Some(Duration::from_millis(7 * DAY_MS)) }
+        Bounds {
+            first_seq,
+            last_seq,
+            epoch: EPOCH,
+            retention: Some(Duration::from_millis(7 * DAY_MS)),
+            first_time_ms: FIRST_TIME,
+        }
     }
 
     fn request(cursor: u64, epoch: Option<u64>, cursor_time_ms: Option<u64>) -> PullRequest {
@@ -267,31 +303,56 @@ mod tests {
     #[test]
     fn a_cursor_inside_the_history_reads_on() {
         assert_eq!(start_of_page(&request(0, None, None), &bounds(1, 50), NOW), start(0, None, false));
-        let inside = request(20, Some(1), Some(NOW - DAY_MS));
+        let inside = request(20, Some(EPOCH), Some(NOW - DAY_MS));
         assert_eq!(start_of_page(&inside, &bounds(10, 50), NOW), start(20, Some(NOW - DAY_MS), false));
         // Just below the first entry: nothing between them is missing.
         assert_eq!(start_of_page(&request(9, None, None), &bounds(10, 50), NOW), start(9, None, false));
     }
 
     #[test]
+    fn a_bare_cursor_zero_has_missed_nothing() {
+        assert_eq!(start_of_page(&request(0, None, None), &bounds(10, 50), NOW), start(0, None, false));
+    }
+
+    #[test]
     fn a_reset_history_starts_over() {
-        assert_eq!(start_of_page(&request(20, Some(2), None), &bounds(1, 50), NOW), start(0, None, true));
-        assert_eq!(start_of_page(&request(60, None, None), &bounds(1, 50), NOW), start(0, None, true));
+        let created = Some(EPOCH / 1_000_000);
+        assert_eq!(start_of_page(&request(20, Some(2), None), &bounds(1, 50), NOW), start(0, created, true));
+        assert_eq!(start_of_page(&request(60, None, None), &bounds(1, 50), NOW), start(0, created, true));
     }
 
     #[test]
     fn a_gap_is_a_loss_only_where_entries_may_have_expired() {
-        // Unknown cursor time: assume the gap is a loss.
-        assert_eq!(start_of_page(&request(5, Some(1), None), &bounds(10, 50), NOW), start(9, None, true));
+        // Unknown cursor time and epoch: assume the gap is a loss.
+        assert_eq!(
+            start_of_page(&request(5, None, None), &bounds(10, 50), NOW),
+            start(9, Some(FIRST_TIME), true)
+        );
         // A cursor older than the retention: entries after it may have expired.
-        let old = request(5, Some(1), Some(NOW - 8 * DAY_MS));
-        assert_eq!(start_of_page(&old, &bounds(10, 50), NOW), start(9, None, true));
+        let old = request(5, Some(EPOCH), Some(NOW - 8 * DAY_MS));
+        assert_eq!(start_of_page(&old, &bounds(10, 50), NOW), start(9, Some(FIRST_TIME), true));
         // A recent cursor: nothing after it can have expired, the gap is collapsed entries.
-        let recent = request(5, Some(1), Some(NOW - DAY_MS));
+        let recent = request(5, Some(EPOCH), Some(NOW - DAY_MS));
         assert_eq!(start_of_page(&recent, &bounds(10, 50), NOW), start(5, Some(NOW - DAY_MS), false));
         // No retention limit: nothing expires.
         let forever = Bounds { retention: None, ..bounds(10, 50) };
-        let ancient = request(5, Some(1), Some(1));
+        let ancient = request(5, Some(EPOCH), Some(1));
         assert_eq!(start_of_page(&ancient, &forever, NOW), start(5, Some(1), false));
+    }
+
+    #[test]
+    fn a_cursor_with_its_epoch_is_a_position_even_at_zero() {
+        // A device that saw an empty history on day 50 and comes back on day 100: what was written
+        // for it since may have expired.
+        let created = EPOCH / 1_000_000;
+        let empty_then = request(0, Some(EPOCH), None);
+        assert_eq!(start_of_page(&empty_then, &bounds(10, 50), NOW), start(9, Some(FIRST_TIME), true));
+        // The same a day after the history was created: nothing can have expired yet.
+        let day_after = created + DAY_MS;
+        assert_eq!(start_of_page(&empty_then, &bounds(10, 50), day_after), start(0, Some(created), false));
+        // The creation time also stands in for a missing cursor time.
+        let no_time = request(5, Some(EPOCH), None);
+        assert_eq!(start_of_page(&no_time, &bounds(10, 50), NOW), start(9, Some(FIRST_TIME), true));
+        assert_eq!(start_of_page(&no_time, &bounds(10, 50), day_after), start(5, Some(created), false));
     }
 }

@@ -82,6 +82,14 @@ impl Pipeline {
     ) {
         outcome::count_received(self.priority);
         let origin = Origin { subject: message.subject.as_str(), stream, sequence, deliveries };
+        // Far past the delivery bound without ever reaching an outcome: it took its workers down
+        // with it (a crash, a panic) every time. File it rather than let it loop forever.
+        if deliveries > 2 * self.max_deliveries {
+            let reason = format!("delivered {deliveries} times without an outcome; it may crash workers");
+            let outcome = self.dead_letter(message, &origin, "poison", &reason).await;
+            outcome::count(self.priority, outcome, 0.0);
+            return;
+        }
 
         let outcome = match self.process(message, published, deliveries).await {
             Ok(outcome) => {
@@ -270,9 +278,15 @@ impl Pipeline {
 
 /// Whether `stored` is a newer state than `incoming` under the same collapse key: by when it
 /// happened at the source (a publisher's late retry keeps its original time), then by when the
-/// server received it. On a tie in both, the later write wins.
+/// server received it. On a tie in both, the later write wins. A source time after the server's
+/// receive time is a publisher's clock running ahead: it counts as the receive time, so that one
+/// event from the future cannot shadow every later state of its key.
 fn newer(stored: &Notification, incoming: &Notification) -> bool {
-    (stored.occurred_at_ms, stored.published_at_ms) > (incoming.occurred_at_ms, incoming.published_at_ms)
+    let order = |notification: &Notification| {
+        let source = notification.occurred_at_ms.min(notification.published_at_ms);
+        (source, notification.published_at_ms)
+    };
+    order(stored) > order(incoming)
 }
 
 fn transient(error: impl std::fmt::Display) -> Failure {
@@ -316,8 +330,10 @@ mod tests {
         assert!(newer(&notification(200, 1_000), &notification(100, 9_000)));
         assert!(!newer(&notification(100, 9_000), &notification(200, 1_000)));
         // Same source time: the server's receive time decides; a full tie lets the write through.
-        assert!(newer(&notification(100, 2), &notification(100, 1)));
-        assert!(!newer(&notification(100, 1), &notification(100, 1)));
+        assert!(newer(&notification(100, 200), &notification(100, 150)));
+        assert!(!newer(&notification(100, 150), &notification(100, 150)));
+        // A source time in the future (a clock running ahead) counts as the receive time.
+        assert!(!newer(&notification(9_999_999, 1_000), &notification(1_500, 2_000)));
     }
 
     #[test]

@@ -192,7 +192,8 @@ async fn hand_back_buffered(
         else {
             break;
         };
-        if message.ack_with(AckKind::Nak(None)).await.is_ok() {
+        // A short delay, so that the pull this worker still has open cannot bring it straight back.
+        if message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await.is_ok() {
             handed_back += 1;
         }
     }
