@@ -5,22 +5,19 @@
 
 #![forbid(unsafe_code)]
 
-use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
-    time::Duration,
-};
+mod merge;
+
+use std::time::Duration;
 
 use async_nats::{Event, Subscriber};
 use futures::StreamExt;
+use merge::Merge;
 use reno_model::{
-    CollapseKey, DeviceType, EventType, MemberId, Notification, Position, PullPage,
-    notification::DEFAULT_PAGE_LIMIT, subject,
+    DeviceType, MemberId, Notification, Position, PullPage, notification::DEFAULT_PAGE_LIMIT, subject,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-/// Pushes remembered above the cursor before the SDK pulls to move its cursor on.
-const MAX_SEEN: usize = 10_000;
 /// How often a connected device pulls even when nothing says it missed a push: keeps its position
 /// and that position's time fresh (well inside any sensible history retention), and picks up
 /// anything a silently lost push left out.
@@ -88,21 +85,13 @@ pub struct Device {
     pushes: Subscriber,
     /// Signals from the connection that pushes may have been missed (reconnected, slow consumer).
     missed: mpsc::UnboundedReceiver<()>,
-    /// A catch-up pull is owed (after a reconnect, or when `seen` is full); kept until one succeeds.
+    /// A catch-up pull is owed (after a reconnect, or when too many pushes are remembered); kept
+    /// until one succeeds.
     catch_up_owed: bool,
     /// When the next routine catch-up is due.
     next_routine_catch_up: tokio::time::Instant,
-    /// Every history entry up to here has been pulled: the next pull starts after it.
-    pulled: Position,
-    /// Every history entry up to here has been handed to the app: the position to persist.
-    handed: Position,
-    /// For collapsing notifications, the newest seq handed out per (type, collapse key): an older
-    /// one arriving late (pushes from concurrent workers can cross) is stale state and dropped.
-    newest: HashMap<(EventType, CollapseKey), u64>,
-    /// Seqs above `pulled` already queued or handed (pushes), so that a pull does not repeat them.
-    seen: BTreeSet<u64>,
-    /// Events ready for the app, in order, each with the position that holds once it is handed out.
-    ready: VecDeque<(DeviceEvent, Option<Position>)>,
+    /// What the app gets, merged from pushes and pages.
+    merge: Merge,
 }
 
 impl Device {
@@ -128,7 +117,7 @@ impl Device {
             .subscribe(subject::push_subject(&config.member, &config.device_type))
             .await
             .map_err(DeviceError::Subscribe)?;
-        let position = config.position;
+        let merge = Merge::new(config.member.clone(), config.device_type.clone(), config.position);
         let mut device = Device {
             config,
             client,
@@ -136,11 +125,7 @@ impl Device {
             missed,
             catch_up_owed: true,
             next_routine_catch_up: tokio::time::Instant::now() + ROUTINE_CATCH_UP,
-            pulled: position,
-            handed: position,
-            newest: HashMap::new(),
-            seen: BTreeSet::new(),
-            ready: VecDeque::new(),
+            merge,
         };
         // The push subscription is in place, so nothing is missed from here on. If the pull service
         // cannot answer yet, the catch-up stays owed and the first `next` tries again.
@@ -156,16 +141,7 @@ impl Device {
         loop {
             // What is queued came before anything a catch-up would bring: hand it out first, even
             // while the pull service is unreachable.
-            if let Some((event, position)) = self.ready.pop_front() {
-                if let Some(position) = position {
-                    self.handed = position;
-                }
-                match &event {
-                    DeviceEvent::Notification(notification) if self.superseded(notification) => continue,
-                    // Collapse state from before a resync says nothing about the history after it.
-                    DeviceEvent::Resync => self.newest.clear(),
-                    DeviceEvent::Notification(_) => {}
-                }
+            if let Some(event) = self.merge.pop() {
                 return Ok(event);
             }
             if self.catch_up_owed {
@@ -181,7 +157,11 @@ impl Device {
                 push = self.pushes.next() => {
                     let Some(message) = push else { return Err(DeviceError::Closed) };
                     match Notification::decode(&message.payload) {
-                        Ok(notification) => self.accept(notification, None),
+                        Ok(notification) => {
+                            if self.merge.on_push(notification) {
+                                self.catch_up_owed = true;
+                            }
+                        }
                         Err(error) => warn!(%error, "unreadable push dropped"),
                     }
                 }
@@ -193,62 +173,21 @@ impl Device {
     /// to its cursor has been handed out by `next`. Pushes handed out above it come again after a
     /// restart from it (apply notifications idempotently).
     pub fn position(&self) -> Position {
-        self.handed
+        self.merge.handed()
     }
 
     /// The cursor of [`Device::position`].
     pub fn cursor(&self) -> u64 {
-        self.handed.cursor
-    }
-
-    /// Whether a newer notification with the same collapse key was handed out already; if not,
-    /// this one becomes the newest.
-    fn superseded(&mut self, notification: &Notification) -> bool {
-        let Some(collapse_key) = &notification.collapse_key else { return false };
-        if self.newest.len() >= MAX_SEEN {
-            self.newest.clear();
-        }
-        let newest = self.newest.entry((notification.event_type.clone(), collapse_key.clone())).or_insert(0);
-        if notification.seq < *newest {
-            return true;
-        }
-        *newest = notification.seq;
-        false
+        self.merge.handed().cursor
     }
 
     /// Pulls every page after the cursor now (call at app lifecycle points such as resume).
     pub async fn catch_up(&mut self) -> Result<(), DeviceError> {
         loop {
             let page = self.pull_page().await?;
-            let end = page.next_position();
-            if page.resync {
-                // The history restarts below or beyond our cursor: take the page as it comes. Seqs
-                // stay unique within an epoch, so what came by push is still known then; a new
-                // epoch starts its seqs over.
-                self.ready.push_back((DeviceEvent::Resync, None));
-                if self.pulled.epoch != Some(page.epoch) {
-                    self.seen.clear();
-                }
-                self.pulled = Position { cursor: 0, ..end };
-            }
-            for notification in page.notifications {
-                let at = Position {
-                    cursor: notification.seq,
-                    epoch: Some(page.epoch),
-                    // The event's receive time comes before its history write: a safe stand-in.
-                    cursor_time_ms: Some(notification.published_at_ms),
-                };
-                self.accept(notification, Some(at));
-            }
-            // The page's end becomes the app's position once everything queued before it is
-            // handed out (within an epoch, no queued position lies beyond it).
-            self.pulled = end;
-            match self.ready.back_mut() {
-                Some((_, position)) => *position = Some(end),
-                None => self.handed = end,
-            }
-            self.seen.retain(|seq| *seq > end.cursor);
-            if !page.more {
+            let more = page.more;
+            self.merge.on_page(page);
+            if !more {
                 break;
             }
         }
@@ -258,7 +197,7 @@ impl Device {
     }
 
     async fn pull_page(&self) -> Result<PullPage, DeviceError> {
-        let request = self.pulled.request(self.config.page_limit);
+        let request = self.merge.pulled().request(self.config.page_limit);
         let subject = subject::pull_subject(&self.config.member, &self.config.device_type);
         let response =
             tokio::time::timeout(PULL_TIMEOUT, self.client.request(subject, request.encode().into()))
@@ -273,21 +212,5 @@ impl Device {
             return Err(DeviceError::Refused { code, message: message.to_string() });
         }
         PullPage::decode(&response.payload).map_err(|error| DeviceError::Pull(error.to_string()))
-    }
-
-    /// Queues a notification for the app unless it was queued before or is not this device's;
-    /// `position` is what the app's position becomes once it is handed out (pushes leave it as is).
-    fn accept(&mut self, notification: Notification, position: Option<Position>) {
-        if notification.member != self.config.member || notification.device_type != self.config.device_type {
-            warn!(seq = notification.seq, "notification for another member or device type dropped");
-            return;
-        }
-        if notification.seq <= self.pulled.cursor || !self.seen.insert(notification.seq) {
-            return;
-        }
-        if self.seen.len() > MAX_SEEN {
-            self.catch_up_owed = true;
-        }
-        self.ready.push_back((DeviceEvent::Notification(notification), position));
     }
 }
