@@ -23,11 +23,7 @@ async fn exits(process: &mut Process) -> bool {
 async fn reno_up_then_publish_from_the_cli_reaches_reno_device() {
     let stack = Stack::start().await;
     let _up = Process::spawn(stack.reno(&["up", "--metrics-addr", "off"])).unwrap();
-    let ping = format!("$SRV.PING.{}", reno_model::subject::PULL_SERVICE);
-    eventually("reno up serves pulls", || async {
-        stack.client.request(ping.clone(), "".into()).await.is_ok()
-    })
-    .await;
+    stack.wait_for_pull_service().await;
     let mut device = Process::spawn(stack.reno(&[
         "device",
         "--member",

@@ -84,7 +84,7 @@ async fn a_cursor_older_than_the_history_gets_the_resync_signal() {
 
     // Retention drops the oldest entries (done here by purging the history stream up to the
     // tenth notification, exactly what max_age does over time).
-    let history = stack.jetstream.get_stream(format!("KV_{}", subject::HISTORY_BUCKET)).await.unwrap();
+    let history = stack.jetstream.get_stream(subject::history_stream()).await.unwrap();
     history.purge().sequence(seqs[10]).await.unwrap();
 
     let page = stack.pull_page("grace", "tv", seqs[2], 100).await;
@@ -123,10 +123,7 @@ async fn a_cursor_from_a_reset_history_gets_the_resync_signal() {
         page.notifications.iter().map(|notification| notification.id.to_string()).collect();
     assert_eq!(pulled, new_ids, "the whole new history, from its start");
 
-    let mut config =
-        reno_device::DeviceConfig::new(stack.nats.websocket_url(), member_id("heidi"), device("tv"));
-    config.position = old.next_position();
-    let mut tv = within("device connects", reno_device::Device::connect(config)).await.unwrap();
+    let mut tv = stack.device_at("heidi", "tv", old.next_position()).await;
     assert_eq!(within("resync", tv.next()).await.unwrap(), DeviceEvent::Resync);
     let mut received = BTreeSet::new();
     for _ in 0..10 {
@@ -193,17 +190,13 @@ async fn entries_replaced_by_collapse_are_no_gap() {
     let newer = event("plan_changed", "xena", text("premium"));
     stack.publisher().publish(&newer).await.unwrap();
     stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 2).await;
-    let history = reno_model::subject::HISTORY_BUCKET;
-    let mut stream = stack.jetstream.get_stream(format!("KV_{history}")).await.unwrap();
+    let mut stream = stack.jetstream.get_stream(subject::history_stream()).await.unwrap();
     let first_seq = stream.info().await.unwrap().state.first_sequence;
     assert!(position.cursor + 1 < first_seq, "the cursor is below the history's start");
 
     // Knowing when its cursor was written, the service sees that nothing after it can have
     // expired: no resync, just the newer state.
-    let request = position.request(100);
-    let subject = reno_model::subject::pull_subject(&member_id("xena"), &device("tv"));
-    let response = stack.client.request(subject, request.encode().into()).await.unwrap();
-    let page = reno_model::PullPage::decode(&response.payload).unwrap();
+    let page = stack.pull("xena", "tv", position.request(100)).await;
     assert!(!page.resync);
     let ids: Vec<_> = page.notifications.iter().map(|notification| &notification.id).collect();
     assert_eq!(ids, [&newer.id]);
@@ -212,10 +205,7 @@ async fn entries_replaced_by_collapse_are_no_gap() {
     assert!(!stack.pull_page_in("xena", "tv", position.cursor, position.epoch, 100).await.resync);
     assert!(stack.pull_page("xena", "tv", position.cursor, 100).await.resync);
     // The device SDK keeps the time with its position.
-    let mut config =
-        reno_device::DeviceConfig::new(stack.nats.websocket_url(), member_id("xena"), device("tv"));
-    config.position = position;
-    let mut tv = within("device connects", reno_device::Device::connect(config)).await.unwrap();
+    let mut tv = stack.device_at("xena", "tv", position).await;
     assert_eq!(next_notification(&mut tv).await.id, newer.id);
 }
 
@@ -227,18 +217,13 @@ async fn entries_lost_to_retention_are_a_gap() {
     let position = stack.pull_page("yuri", "tv", 0, 100).await.next_position();
     // Two more for the device while it is away; retention (1 s here) removes them unseen.
     let lost = publish_and_deliver(&stack, worker, "yuri", 2).await;
-    let history = reno_model::subject::HISTORY_BUCKET;
     eventually("the history expires its entries", || async {
-        let mut stream = stack.jetstream.get_stream(format!("KV_{history}")).await.unwrap();
-        stream.info().await.unwrap().state.messages == 0
+        stack.stored(&subject::history_stream()).await == 0
     })
     .await;
     let later = publish_and_deliver(&stack, worker, "yuri", 2).await;
 
-    let mut config =
-        reno_device::DeviceConfig::new(stack.nats.websocket_url(), member_id("yuri"), device("tv"));
-    config.position = position;
-    let mut tv = within("device connects", reno_device::Device::connect(config)).await.unwrap();
+    let mut tv = stack.device_at("yuri", "tv", position).await;
     assert_eq!(within("resync", tv.next()).await.unwrap(), DeviceEvent::Resync, "{lost:?} were lost");
     let received: BTreeSet<String> =
         [next_notification(&mut tv).await.id.to_string(), next_notification(&mut tv).await.id.to_string()]

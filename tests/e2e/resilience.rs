@@ -111,10 +111,9 @@ async fn moving_a_type_to_another_priority_loses_no_event() {
     stack.provision(&[]);
     let mut high = stack.jetstream.get_stream("RENO_HIGH").await.unwrap();
     assert!(high.info().await.unwrap().config.subjects.contains(&"reno.evt.moving.*".to_owned()));
-    let mut low = stack.jetstream.get_stream("RENO_LOW").await.unwrap();
-    assert_eq!(low.info().await.unwrap().state.messages, 50, "the low stream keeps what it had");
+    assert_eq!(stack.stored("RENO_LOW").await, 50, "the low stream keeps what it had");
     let after = flood(&stack, "moving", "lee", 50).await;
-    assert_eq!(high.info().await.unwrap().state.messages, 50, "new events go to the high stream");
+    assert_eq!(stack.stored("RENO_HIGH").await, 50, "new events go to the high stream");
 
     stack.start_all().await;
     let mut tv = stack.device("lee", "tv", 0).await;
@@ -151,12 +150,6 @@ async fn heavy_two_workers_share_one_priority() {
     assert!(page.more, "3000 notifications do not fit one page of 1000");
 }
 
-/// Messages a stream holds.
-async fn stored(stack: &Stack, stream: &str) -> u64 {
-    let mut stream = stack.jetstream.get_stream(stream).await.unwrap();
-    stream.info().await.unwrap().state.messages
-}
-
 #[tokio::test]
 async fn a_failure_that_outlasts_the_delivery_bound_is_dead_lettered_with_its_error() {
     let mut stack = Stack::start().await;
@@ -172,8 +165,8 @@ async fn a_failure_that_outlasts_the_delivery_bound_is_dead_lettered_with_its_er
         .wait_for_counter(worker, "reno_worker_dead_letters_total", &[("reason", "retries_exhausted")], 1)
         .await;
     assert_eq!(stack.counter(worker, "reno_worker_events_total", &[("outcome", "retried")]).await, 1);
-    let mut dead = stack.jetstream.get_stream(subject::DEAD_LETTER_STREAM).await.unwrap();
-    assert_eq!(dead.info().await.unwrap().state.messages, 1);
+    assert_eq!(stack.stored(subject::DEAD_LETTER_STREAM).await, 1);
+    let dead = stack.jetstream.get_stream(subject::DEAD_LETTER_STREAM).await.unwrap();
     let letter = dead.get_raw_message(1).await.unwrap();
     let reason = letter.headers.get("Reno-Reason").unwrap().to_string();
     assert!(reason.starts_with("gave up after 2 deliveries: "), "{reason}");
@@ -181,5 +174,5 @@ async fn a_failure_that_outlasts_the_delivery_bound_is_dead_lettered_with_its_er
     assert_eq!(reno_model::Envelope::decode(&letter.payload).unwrap(), doomed, "the original bytes are kept");
     // Nothing is left behind in the stream (the terminate is sent without waiting for an answer).
     eventually("the stream is empty", || async { pending(&stack, "RENO_HIGH").await == 0 }).await;
-    eventually("the stream holds nothing", || async { stored(&stack, "RENO_HIGH").await == 0 }).await;
+    eventually("the stream holds nothing", || async { stack.stored("RENO_HIGH").await == 0 }).await;
 }

@@ -13,7 +13,7 @@ use std::{
 use async_nats::jetstream;
 use reno_device::{Device, DeviceConfig, DeviceEvent};
 use reno_model::{
-    DeviceType, Envelope, EventId, EventType, MemberId, Notification, PullPage, PullRequest, Value,
+    DeviceType, Envelope, EventId, EventType, MemberId, Notification, Position, PullPage, PullRequest, Value,
 };
 use reno_nats::Publisher;
 use reno_testkit::{NatsServer, Process, repo_root};
@@ -128,6 +128,12 @@ impl Stack {
         let process = Process::spawn(self.reno(&["pull-service", "--metrics-addr", &metrics]))
             .expect("start reno pull-service");
         self.processes.push((process, port));
+        self.wait_for_pull_service().await;
+        self.processes.len() - 1
+    }
+
+    /// Waits until a pull service answers the NATS service API's ping.
+    pub async fn wait_for_pull_service(&self) {
         let ping = format!("$SRV.PING.{}", reno_model::subject::PULL_SERVICE);
         let started = Instant::now();
         while self.client.request(ping.clone(), "".into()).await.is_err() {
@@ -138,7 +144,12 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        self.processes.len() - 1
+    }
+
+    /// Messages a stream holds.
+    pub async fn stored(&self, stream: &str) -> u64 {
+        let mut stream = self.jetstream.get_stream(stream).await.unwrap();
+        stream.info().await.unwrap().state.messages
     }
 
     /// Starts the pull service and a worker for every priority.
@@ -181,8 +192,13 @@ impl Stack {
 
     /// A device over the server's websocket listener, caught up from `cursor`.
     pub async fn device(&self, member: &str, device_type: &str, cursor: u64) -> Device {
+        self.device_at(member, device_type, Position { cursor, ..Position::default() }).await
+    }
+
+    /// A device over the server's websocket listener, caught up from a saved position.
+    pub async fn device_at(&self, member: &str, device_type: &str, position: Position) -> Device {
         let mut config = DeviceConfig::new(self.nats.websocket_url(), member_id(member), device(device_type));
-        config.position.cursor = cursor;
+        config.position = position;
         within("device connects", Device::connect(config)).await.expect("device connects")
     }
 
@@ -200,7 +216,16 @@ impl Stack {
         epoch: Option<u64>,
         limit: u32,
     ) -> PullPage {
-        let request = PullRequest { cursor, limit: Some(limit), epoch, cursor_time_ms: None };
+        self.pull(
+            member,
+            device_type,
+            PullRequest { cursor, limit: Some(limit), epoch, cursor_time_ms: None },
+        )
+        .await
+    }
+
+    /// Sends one pull request and reads the page.
+    pub async fn pull(&self, member: &str, device_type: &str, request: PullRequest) -> PullPage {
         let subject = reno_model::subject::pull_subject(&member_id(member), &device(device_type));
         let response = within("pull answer", self.client.request(subject, request.encode().into()))
             .await

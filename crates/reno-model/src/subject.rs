@@ -87,6 +87,11 @@ pub fn priority_stream(priority: Priority) -> String {
 /// The durable consumer the workers of one priority share.
 pub const WORKER_CONSUMER: &str = "reno-worker";
 
+/// The stream behind the history bucket (JetStream names a KV bucket's stream `KV_<bucket>`).
+pub fn history_stream() -> String {
+    format!("KV_{HISTORY_BUCKET}")
+}
+
 /// The history key of one notification: `<member>.<device_type>.<type>.<notification key>`.
 pub fn history_key(member: &MemberId, device_type: &DeviceType, event_type: &EventType, key: &str) -> String {
     format!("{member}.{device_type}.{event_type}.{key}")
@@ -143,5 +148,6 @@ mod tests {
         let event_type = EventType::new("plan_changed").unwrap();
         assert_eq!(history_key(&member, &device, &event_type, "k"), "m1.tv.plan_changed.k");
         assert_eq!(history_filter(&member, &device), "$KV.RENO_HISTORY.m1.tv.>");
+        assert_eq!(history_stream(), "KV_RENO_HISTORY");
     }
 }

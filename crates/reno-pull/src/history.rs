@@ -147,7 +147,7 @@ impl HistoryReader {
     }
 
     async fn bounds(&self) -> Result<Bounds, HistoryError> {
-        let stream_name = format!("KV_{}", subject::HISTORY_BUCKET);
+        let stream_name = subject::history_stream();
         let stream = self
             .jetstream
             .get_stream_no_info(&stream_name)
@@ -190,7 +190,7 @@ impl HistoryReader {
         );
         self.client
             .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.KV_{}", subject::HISTORY_BUCKET),
+                format!("$JS.API.DIRECT.GET.{}", subject::history_stream()),
                 inbox,
                 request.into(),
             )
