@@ -33,11 +33,12 @@ async def publish(url, event_type, member, payload, event_id, targets, collapse_
     connection = await nats.connect(url)
     try:
         jetstream = connection.jetstream()
-        # The event id doubles as Nats-Msg-Id: a retry within two minutes is stored only once.
+        # Nats-Msg-Id is the event id scoped by type and member: a retry within two minutes is
+        # stored only once, and an event of another type or member with the same id is not lost.
         ack = await jetstream.publish(
             f"reno.evt.{event_type}.{member}",
             cbor2.dumps(envelope),
-            headers={"Nats-Msg-Id": event_id},
+            headers={"Nats-Msg-Id": f"{event_type}:{member}:{event_id}"},
         )
         return ack
     finally:

@@ -61,7 +61,7 @@ async fn a_repeated_event_id_is_delivered_once() {
         stack.jetstream.publish(subject.clone(), repeated.encode().into()).await.unwrap().await.unwrap();
     }
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", repeated.id.as_str());
+    headers.insert("Nats-Msg-Id", repeated.dedup_id().as_str());
     stack
         .jetstream
         .publish_with_headers(subject, headers, repeated.encode().into())
@@ -117,4 +117,32 @@ async fn a_collapsing_type_keeps_only_the_latest_in_history() {
         payloads.sort_by_key(|payload| format!("{payload:?}"));
         assert_eq!(payloads, [text("household"), text("premium")], "{device_type}");
     }
+}
+
+#[tokio::test]
+async fn the_same_event_id_for_another_member_or_type_is_another_event() {
+    let mut stack = Stack::start_with(Some(REGISTRY), &[]).await;
+    let worker = stack.start_all().await;
+    // JetStream's own dedup is per stream, across every type and member in it: a bare event id
+    // as Nats-Msg-Id would store only the first of these and ack the others as duplicates.
+    let first = event("lasting", "frank", text("frank's"));
+    let mut other_member = event("lasting", "grace", text("grace's"));
+    other_member.id = first.id.clone();
+    let mut other_type = event("plan_changed", "frank", text("frank's plan"));
+    other_type.id = first.id.clone();
+    for envelope in [&first, &other_member, &other_type] {
+        let published = stack.publisher().publish(envelope).await.unwrap();
+        assert!(
+            !published.duplicate,
+            "{} for {} was taken for a duplicate",
+            envelope.event_type, envelope.member
+        );
+    }
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 3).await;
+    for (member, expected) in [("frank", 2), ("grace", 1)] {
+        let page = stack.pull_page(member, "tv", 0, 100).await;
+        assert_eq!(page.notifications.len(), expected, "{member}");
+    }
+    // A true repeat of one of them is still dropped by JetStream.
+    assert!(stack.publisher().publish(&other_member).await.unwrap().duplicate);
 }

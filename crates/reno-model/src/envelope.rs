@@ -15,7 +15,8 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
-    /// Unique per event; the publisher also sends it as `Nats-Msg-Id` so JetStream drops retries.
+    /// Unique per event of one type and member; the publisher also sends it, scoped by type and
+    /// member ([`Envelope::dedup_id`]), as `Nats-Msg-Id` so JetStream drops retries.
     pub id: EventId,
     /// A type from the registry; decides priority, staleness, targets and collapsing.
     #[serde(rename = "type")]
@@ -53,6 +54,12 @@ pub enum InvalidEvent {
     CollapseKeyNotAllowed { event_type: String },
     #[error("targets is empty; leave it out to reach every device type of the event type")]
     EmptyTargets,
+}
+
+/// `<type>:<member>:<id>`: the identity of one event for dedup (see [`Envelope::dedup_id`]). No
+/// token holds a `:`, so two different events never share one.
+pub fn dedup_id(event_type: &EventType, member: &MemberId, id: &EventId) -> String {
+    format!("{event_type}:{member}:{id}")
 }
 
 /// An absent payload reads as CBOR null.
@@ -99,6 +106,13 @@ impl Envelope {
     /// Encodes the envelope as CBOR.
     pub fn encode(&self) -> Vec<u8> {
         codec::encode(self)
+    }
+
+    /// What identifies this event for dedup: `<type>:<member>:<id>`. Sent as `Nats-Msg-Id` and used
+    /// by the worker's own dedup. JetStream dedups per stream, across every type and member in it,
+    /// so the bare id would make two different events that share an id one.
+    pub fn dedup_id(&self) -> String {
+        dedup_id(&self.event_type, &self.member, &self.id)
     }
 
     /// Decodes an event as it arrived on `subject` and checks that subject and envelope agree.
@@ -196,6 +210,15 @@ mod tests {
             targets: None,
             collapse_key: None,
         }
+    }
+
+    #[test]
+    fn the_dedup_id_is_scoped_by_type_and_member() {
+        let plan = envelope("plan_changed");
+        assert_eq!(plan.dedup_id(), "plan_changed:m1:e1");
+        let other_member = Envelope { member: MemberId::new("m2").unwrap(), ..plan.clone() };
+        assert_ne!(other_member.dedup_id(), plan.dedup_id());
+        assert_ne!(envelope("my_list_updated").dedup_id(), plan.dedup_id());
     }
 
     #[test]

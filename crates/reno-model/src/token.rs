@@ -114,7 +114,8 @@ token_type!(
     "device type"
 );
 token_type!(
-    /// The publisher's unique id of one event; also sent as `Nats-Msg-Id`.
+    /// The publisher's unique id of one event (of one type and member); sent, scoped by type and
+    /// member, as `Nats-Msg-Id`.
     EventId,
     "event id"
 );

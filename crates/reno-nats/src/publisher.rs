@@ -1,5 +1,5 @@
 //! The publisher API for Rust services: validates an event before it leaves, publishes it to
-//! `reno.evt.<type>.<member>` with its id as `Nats-Msg-Id`, and waits for JetStream to confirm that
+//! `reno.evt.<type>.<member>` with `<type>:<member>:<id>` as `Nats-Msg-Id`, and waits for JetStream to confirm that
 //! a stream holds it. A refusal comes back as an error the caller can match and act on.
 
 use std::sync::Arc;
@@ -76,7 +76,7 @@ impl Publisher {
         }
         let subject = subject::event_subject(&envelope.event_type, &envelope.member);
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", envelope.id.as_str());
+        headers.insert("Nats-Msg-Id", envelope.dedup_id().as_str());
         let ack = self
             .jetstream
             .publish_with_headers(subject.clone(), headers, bytes.into())

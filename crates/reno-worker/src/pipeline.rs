@@ -25,7 +25,7 @@ pub(crate) struct Pipeline {
     pub jetstream: jetstream::Context,
     /// The notification history devices pull from; also the authority on what was delivered.
     pub history: kv::Store,
-    /// Events delivered recently (`member.type.id`): spares the history a round trip for repeats.
+    /// Events delivered recently (`type:member:id`): spares the history a round trip for repeats.
     pub delivered_ids: moka::sync::Cache<String, ()>,
     pub max_deliveries: i64,
 }
@@ -140,7 +140,7 @@ impl Pipeline {
             debug!(age = %age, "stale");
             return Ok(Outcome::Stale);
         }
-        let dedup_key = format!("{}.{}.{}", envelope.member, envelope.event_type, envelope.id);
+        let dedup_key = envelope.dedup_id();
         if self.delivered_ids.contains_key(&dedup_key) {
             return Ok(Outcome::Duplicate);
         }
