@@ -7,7 +7,13 @@
 
 mod merge;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use async_nats::{Event, Subscriber};
 use futures::StreamExt;
@@ -15,7 +21,7 @@ use merge::Merge;
 use reno_model::{
     DeviceType, MemberId, Notification, Position, PullPage, notification::DEFAULT_PAGE_LIMIT, subject,
 };
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 /// How often a connected device pulls even when nothing says it missed a push: keeps its position
@@ -77,14 +83,36 @@ pub enum DeviceError {
     Closed,
 }
 
+/// Signals that pushes may have been missed, coalesced: any number of them before a catch-up ask
+/// for that one catch-up.
+#[derive(Default)]
+struct MissedPushes {
+    /// Set by a signal, cleared by the catch-up that answers it.
+    owed: AtomicBool,
+    /// Wakes a device waiting for pushes.
+    wake: Notify,
+}
+
+impl MissedPushes {
+    fn raise(&self) {
+        self.owed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Whether a signal came since the last call.
+    fn take(&self) -> bool {
+        self.owed.swap(false, Ordering::SeqCst)
+    }
+}
+
 /// A connected device. Call [`Device::next`] in a loop.
 pub struct Device {
     config: DeviceConfig,
     client: async_nats::Client,
     /// Pushes for this member and device type.
     pushes: Subscriber,
-    /// Signals from the connection that pushes may have been missed (reconnected, slow consumer).
-    missed: mpsc::UnboundedReceiver<()>,
+    /// Set by the connection when pushes may have been missed (reconnected, slow consumer).
+    missed: Arc<MissedPushes>,
     /// A catch-up pull is owed (after a reconnect, or when too many pushes are remembered); kept
     /// until one succeeds.
     catch_up_owed: bool,
@@ -98,15 +126,16 @@ impl Device {
     /// Connects, subscribes, and pulls everything after `config.position` (or leaves that owed to the
     /// first `next` when the pull service does not answer yet).
     pub async fn connect(config: DeviceConfig) -> Result<Self, DeviceError> {
-        let (missed_sender, missed) = mpsc::unbounded_channel();
+        let missed = Arc::new(MissedPushes::default());
+        let signal = missed.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("reno-device-{}", config.device_type))
             .event_callback(move |event| {
-                let missed_sender = missed_sender.clone();
+                let signal = signal.clone();
                 async move {
                     if matches!(event, Event::Connected | Event::SlowConsumer(_)) {
                         debug!(%event, "may have missed pushes; catching up");
-                        let _ = missed_sender.send(());
+                        signal.raise();
                     }
                 }
             })
@@ -144,6 +173,9 @@ impl Device {
             if let Some(event) = self.merge.pop() {
                 return Ok(event);
             }
+            if self.missed.take() {
+                self.catch_up_owed = true;
+            }
             if self.catch_up_owed {
                 self.catch_up().await?;
                 continue;
@@ -151,7 +183,7 @@ impl Device {
             tokio::select! {
                 // A missed-pushes signal first: what it owes comes before pushes that follow it.
                 biased;
-                Some(()) = self.missed.recv() => self.catch_up_owed = true,
+                () = self.missed.wake.notified() => {}
                 // Now and then, so the position (and its time) keeps up with what came by push.
                 () = tokio::time::sleep_until(self.next_routine_catch_up) => self.catch_up_owed = true,
                 push = self.pushes.next() => {
@@ -183,6 +215,9 @@ impl Device {
 
     /// Pulls every page after the cursor now (call at app lifecycle points such as resume).
     pub async fn catch_up(&mut self) -> Result<(), DeviceError> {
+        // Whatever signals came before this catch-up are answered by it: one catch-up, however
+        // many of them there were.
+        self.missed.take();
         loop {
             let page = self.pull_page().await?;
             let more = page.more;
@@ -212,5 +247,22 @@ impl Device {
             return Err(DeviceError::Refused { code, message: message.to_string() });
         }
         PullPage::decode(&response.payload).map_err(|error| DeviceError::Pull(error.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_missed_push_signals_ask_for_one_catch_up() {
+        let missed = MissedPushes::default();
+        for _ in 0..5 {
+            missed.raise();
+        }
+        assert!(missed.take());
+        assert!(!missed.take(), "one catch-up answers them all");
+        missed.raise();
+        assert!(missed.take(), "a signal after the catch-up asks for another");
     }
 }

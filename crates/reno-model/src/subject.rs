@@ -97,6 +97,11 @@ pub fn history_key(member: &MemberId, device_type: &DeviceType, event_type: &Eve
     format!("{member}.{device_type}.{event_type}.{key}")
 }
 
+/// The subject a history entry is stored under: `$KV.RENO_HISTORY.<key>`.
+pub fn history_subject(key: &str) -> String {
+    format!("$KV.{HISTORY_BUCKET}.{key}")
+}
+
 /// The KV subject filter for all history of one member's device type.
 pub fn history_filter(member: &MemberId, device_type: &DeviceType) -> String {
     format!("$KV.{HISTORY_BUCKET}.{member}.{device_type}.>")

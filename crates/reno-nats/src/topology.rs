@@ -26,8 +26,15 @@ pub struct Topology {
     pub event_max_bytes: i64,
     /// How long notifications stay in the history for devices to pull.
     pub history_retention: Duration,
+    /// Bytes the history may hold. When full it refuses new entries (nothing is dropped): workers
+    /// retry the events, which wait in their priority streams, until entries expire or the limit
+    /// is raised.
+    pub history_max_bytes: i64,
     /// How long dead letters are kept for inspection and replay.
     pub dead_letter_retention: Duration,
+    /// Bytes the dead letters may hold. When full, the oldest dead letters are dropped to make room:
+    /// filing must never stop the pipeline, and every dead letter is counted in metrics anyway.
+    pub dead_letter_max_bytes: i64,
     /// How long a worker may hold an event before JetStream gives it to another worker.
     pub ack_wait: Duration,
     /// Events in flight per priority across all workers.
@@ -41,7 +48,9 @@ impl Default for Topology {
             event_retention: Duration::from_secs(7 * 24 * 3600),
             event_max_bytes: 1 << 30,
             history_retention: Duration::from_secs(7 * 24 * 3600),
+            history_max_bytes: 4 << 30,
             dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
+            dead_letter_max_bytes: 256 << 20,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
         }
@@ -162,6 +171,8 @@ pub async fn provision(
         subjects: vec![subject::DEAD_LETTER_SUBJECTS.to_owned()],
         retention: RetentionPolicy::Limits,
         max_age: topology.dead_letter_retention,
+        max_bytes: topology.dead_letter_max_bytes,
+        discard: DiscardPolicy::Old,
         max_message_size: -1,
         storage: StorageType::File,
         num_replicas: topology.replicas,
@@ -178,6 +189,9 @@ pub async fn provision(
         // One revision per key: a collapsed key keeps only its latest notification.
         history: 1,
         max_age: topology.history_retention,
+        // Discard new (the KV default): a full history refuses writes rather than dropping the
+        // oldest entries, which the pull service would take for collapsed ones and not resync.
+        max_bytes: topology.history_max_bytes,
         storage: StorageType::File,
         num_replicas: topology.replicas,
         ..Default::default()

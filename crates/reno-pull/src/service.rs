@@ -48,15 +48,21 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     loop {
+        // A free slot first, so that a burst waits in the endpoint rather than in memory here; a
+        // shutdown is taken while waiting for either.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let request = tokio::select! {
             () = &mut shutdown => break,
             request = endpoint.next() => match request {
                 Some(request) => request,
                 None => break,
             },
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
         };
         let reader = reader.clone();
         let span = info_span!("pull", subject = %request.message.subject);

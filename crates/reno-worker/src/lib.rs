@@ -8,6 +8,8 @@
 
 pub mod config;
 mod dead_letter;
+mod gates;
+mod history;
 pub mod outcome;
 mod pipeline;
 mod runner;

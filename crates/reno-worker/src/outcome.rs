@@ -8,6 +8,9 @@ use reno_model::Priority;
 pub const EVENTS_METRIC: &str = "reno_worker_events_total";
 /// Counter of dead letters by priority and reason code.
 pub const DEAD_LETTERS_METRIC: &str = "reno_worker_dead_letters_total";
+/// Counter of retried deliveries by priority and reason (`history_full`, `unavailable`,
+/// `contention`, `unknown_type`, `unreadable_entry`, `dead_letter_failed`).
+pub const RETRIES_METRIC: &str = "reno_worker_retries_total";
 /// Histogram of seconds from the server receiving an event to the worker acking it.
 pub const LATENCY_METRIC: &str = "reno_worker_event_seconds";
 
@@ -43,6 +46,10 @@ impl Outcome {
 
 pub(crate) fn count_received(priority: Priority) {
     metrics::counter!(EVENTS_METRIC, "priority" => priority.as_str(), "outcome" => "received").increment(1);
+}
+
+pub(crate) fn count_retry(priority: Priority, reason: &'static str) {
+    metrics::counter!(RETRIES_METRIC, "priority" => priority.as_str(), "reason" => reason).increment(1);
 }
 
 pub(crate) fn count(priority: Priority, outcome: Outcome, seconds_since_published: f64) {

@@ -1,17 +1,22 @@
 //! The gates one event passes, in order: decode and validate, staleness, dedup, targeting, history
 //! (with collapse), push; then the ack. Permanent failures are dead-lettered and terminated;
-//! transient ones are nak'ed with a growing delay until the delivery bound, then dead-lettered.
+//! transient ones are nak'ed with a growing delay until the delivery bound, then dead-lettered. The
+//! rules themselves live in [`crate::gates`]; this module does the IO around them.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use async_nats::jetstream::{self, AckKind, kv};
+use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
-use reno_model::{DeviceType, Envelope, InvalidEvent, Notification, Priority, Registry, subject};
+use reno_model::{
+    DeviceType, Envelope, InvalidEvent, Notification, Priority, Registry, Route, subject::history_key,
+};
 use time::OffsetDateTime;
 use tracing::{Instrument, debug, warn};
 
 use crate::{
     dead_letter::{self, Origin},
+    gates::{self, Staleness, Written},
+    history::{History, HistoryError},
     outcome::{self, Outcome},
 };
 
@@ -24,7 +29,7 @@ pub(crate) struct Pipeline {
     /// JetStream, for dead letters.
     pub jetstream: jetstream::Context,
     /// The notification history devices pull from; also the authority on what was delivered.
-    pub history: kv::Store,
+    pub history: History,
     /// Events delivered recently (`type:member:id`): spares the history a round trip for repeats.
     pub delivered_ids: moka::sync::Cache<String, ()>,
     pub max_deliveries: i64,
@@ -34,28 +39,38 @@ pub(crate) struct Pipeline {
 enum Failure {
     /// The event can never be delivered.
     Permanent(InvalidEvent),
-    /// Worth another try later (NATS unreachable, a write timed out, ...).
-    Transient(String),
+    /// Worth another try later; `reason` labels the retry in metrics.
+    Transient { reason: &'static str, error: String },
 }
 
-/// What writing one device type's history entry found.
-enum Written {
-    /// A new history entry at this position.
-    New(u64),
-    /// The same event was already in the history at this position.
-    Existing(u64),
-    /// A newer event with the same collapse key is in the history.
-    Superseded,
+impl Failure {
+    fn transient(reason: &'static str, error: impl std::fmt::Display) -> Self {
+        Failure::Transient { reason, error: error.to_string() }
+    }
+}
+
+impl From<HistoryError> for Failure {
+    fn from(error: HistoryError) -> Self {
+        let reason = match error {
+            HistoryError::Full(_) => "history_full",
+            HistoryError::Conflict => "contention",
+            HistoryError::Unavailable(_) => "unavailable",
+        };
+        Failure::transient(reason, error)
+    }
 }
 
 impl Pipeline {
     /// Handles one delivery end to end and settles it with JetStream.
     pub(crate) async fn handle(&self, message: jetstream::Message) {
         let Ok(info) = message.info() else {
-            // Not a delivery of our consumer (its reply subject is not a JetStream ack subject):
-            // there is nothing to account it against; stop any redelivery and say so.
-            warn!(subject = %message.subject, "message without JetStream metadata; terminated");
-            ack(&message, AckKind::Term).await;
+            // Not a delivery of our consumer (its reply subject is not a JetStream ack subject).
+            // Counted and filed like any event that can never be delivered, so it is seen.
+            outcome::count_received(self.priority);
+            let origin = Origin { subject: message.subject.as_str(), position: None, deliveries: 1 };
+            let reason = "not a delivery of the worker's consumer: no JetStream metadata";
+            let outcome = self.dead_letter(&message, &origin, "not_a_delivery", reason).await;
+            outcome::count(self.priority, outcome, 0.0);
             return;
         };
         let (stream, sequence, deliveries, published) =
@@ -81,17 +96,17 @@ impl Pipeline {
         published: OffsetDateTime,
     ) {
         outcome::count_received(self.priority);
-        let origin = Origin { subject: message.subject.as_str(), stream, sequence, deliveries };
-        // Far past the delivery bound without ever reaching an outcome: it took its workers down
-        // with it (a crash, a panic) every time. File it rather than let it loop forever.
-        if deliveries > 2 * self.max_deliveries {
+        let origin =
+            Origin { subject: message.subject.as_str(), position: Some((stream, sequence)), deliveries };
+        if gates::is_poison(deliveries, self.max_deliveries) {
             let reason = format!("delivered {deliveries} times without an outcome; it may crash workers");
             let outcome = self.dead_letter(message, &origin, "poison", &reason).await;
             outcome::count(self.priority, outcome, 0.0);
             return;
         }
 
-        let outcome = match self.process(message, published, deliveries).await {
+        let source = gates::source(stream, sequence);
+        let outcome = match self.process(message, &source, published, deliveries).await {
             Ok(outcome) => {
                 ack(message, AckKind::Ack).await;
                 outcome
@@ -99,13 +114,14 @@ impl Pipeline {
             Err(Failure::Permanent(invalid)) => {
                 self.dead_letter(message, &origin, invalid.code(), &invalid.to_string()).await
             }
-            Err(Failure::Transient(error)) if deliveries >= self.max_deliveries => {
+            Err(Failure::Transient { error, .. }) if deliveries >= self.max_deliveries => {
                 let reason = format!("gave up after {deliveries} deliveries: {error}");
                 self.dead_letter(message, &origin, "retries_exhausted", &reason).await
             }
-            Err(Failure::Transient(error)) => {
-                warn!(%error, "transient failure; will retry");
-                ack(message, AckKind::Nak(Some(retry_delay(deliveries)))).await;
+            Err(Failure::Transient { reason, error }) => {
+                warn!(reason, %error, "transient failure; will retry");
+                outcome::count_retry(self.priority, reason);
+                ack(message, AckKind::Nak(Some(gates::retry_delay(deliveries)))).await;
                 Outcome::Retried
             }
         };
@@ -117,6 +133,7 @@ impl Pipeline {
     async fn process(
         &self,
         message: &jetstream::Message,
+        source: &str,
         published: OffsetDateTime,
         deliveries: i64,
     ) -> Result<Outcome, Failure> {
@@ -126,19 +143,23 @@ impl Pipeline {
             // The stream only captures provisioned types, so a type this worker does not know
             // means its registry is older than the provisioned one: a restart with the new
             // registry fixes it, so wait for that instead of dead-lettering at once.
-            InvalidEvent::UnknownType { .. } => Failure::Transient(invalid.to_string()),
+            InvalidEvent::UnknownType { .. } => Failure::transient("unknown_type", invalid),
             permanent => Failure::Permanent(permanent),
         })?;
         let span = tracing::Span::current();
         span.record("event_id", envelope.id.as_str());
         span.record("member", envelope.member.as_str());
 
-        // Only a first delivery can be stale: a redelivery may already be written for some
-        // device types, and dropping it now would leave the others without it.
-        let age = OffsetDateTime::now_utc() - published;
-        if deliveries <= 1 && age > route.spec.stale_after {
-            debug!(age = %age, "stale");
-            return Ok(Outcome::Stale);
+        let age = (OffsetDateTime::now_utc() - published).unsigned_abs();
+        match gates::staleness(age, route.spec.stale_after, deliveries) {
+            Staleness::Fresh => {}
+            Staleness::Stale => return Ok(Outcome::Stale),
+            Staleness::StaleUnlessStarted => {
+                if !self.started(&envelope, &route, source).await? {
+                    debug!(?age, "stale redelivery that was never started");
+                    return Ok(Outcome::Stale);
+                }
+            }
         }
         let dedup_key = envelope.dedup_id();
         if self.delivered_ids.contains_key(&dedup_key) {
@@ -146,110 +167,128 @@ impl Pipeline {
         }
 
         let published_at_ms = u64::try_from(published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        let mut written_any = false;
-        let mut existing_any = false;
+        let mut results = Vec::with_capacity(route.targets.len());
         for device_type in &route.targets {
             let mut notification = Notification::from_event(&envelope, device_type, published_at_ms);
             notification.collapse_key = route.collapse_key.clone();
-            let key = subject::history_key(
-                &envelope.member,
-                device_type,
-                &envelope.event_type,
-                &route.notification_key,
-            );
+            let key =
+                history_key(&envelope.member, device_type, &envelope.event_type, &route.notification_key);
             let written = if route.spec.collapse {
-                self.write_collapsing(&key, &notification).await?
+                self.write_collapsing(&key, &notification, source).await?
             } else {
-                self.write_once(&key, &notification).await?
+                self.write_once(&key, &notification, source).await?
             };
-            let seq = match written {
-                Written::New(seq) => {
-                    written_any = true;
-                    seq
-                }
-                // A redelivery of an event we wrote before a crash or a timeout: the push may not
-                // have gone out, so it goes again (devices drop repeats by seq). A first delivery
-                // that finds itself already written is a second copy of the same event.
-                Written::Existing(seq) if deliveries > 1 => {
-                    written_any = true;
-                    seq
-                }
-                Written::Existing(_) => {
-                    existing_any = true;
-                    continue;
-                }
-                Written::Superseded => continue,
-            };
-            notification.seq = seq;
-            self.push(device_type, &notification).await?;
+            // A new entry is pushed; so is this message's own entry from an earlier attempt, whose
+            // push may never have gone out (devices drop a repeat by seq).
+            if let Written::New(seq) | Written::Ours(seq) = written {
+                notification.seq = seq;
+                self.push(device_type, &notification).await?;
+            }
+            results.push(written);
         }
-
-        let outcome = if written_any {
+        let outcome = gates::fold(&results);
+        if outcome == Outcome::Delivered {
             self.delivered_ids.insert(dedup_key, ());
-            Outcome::Delivered
-        } else if existing_any {
-            Outcome::Duplicate
-        } else {
-            Outcome::Collapsed
-        };
+        }
         Ok(outcome)
     }
 
-    /// A notification that never collapses: its key holds the event id, so `create` both writes it
-    /// and tells a repeat of the same event apart, across any number of workers.
-    async fn write_once(&self, key: &str, notification: &Notification) -> Result<Written, Failure> {
-        match self.history.create(key, Bytes::from(notification.encode())).await {
-            Ok(revision) => Ok(Written::New(revision)),
-            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let entry = self.history.entry(key).await.map_err(transient)?;
-                entry.map(|entry| Written::Existing(entry.revision)).ok_or_else(|| {
-                    Failure::Transient(format!("history key {key} exists and vanished while read"))
-                })
+    /// Whether an earlier delivery of this very message wrote any of its history entries.
+    async fn started(&self, envelope: &Envelope, route: &Route<'_>, source: &str) -> Result<bool, Failure> {
+        for device_type in &route.targets {
+            let key =
+                history_key(&envelope.member, device_type, &envelope.event_type, &route.notification_key);
+            if let Some(stored) = self.history.get(&key).await?
+                && stored.live
+                && stored.source.as_deref() == Some(source)
+            {
+                return Ok(true);
             }
-            Err(error) => Err(transient(error)),
+        }
+        Ok(false)
+    }
+
+    /// A notification that never collapses: its key holds the event id, so a conditional create
+    /// both writes it and tells a repeat of the same event apart, across any number of workers.
+    async fn write_once(
+        &self,
+        key: &str,
+        notification: &Notification,
+        source: &str,
+    ) -> Result<Written, Failure> {
+        let value = Bytes::from(notification.encode());
+        match self.history.create(key, value.clone(), source).await {
+            Ok(revision) => Ok(Written::New(revision)),
+            Err(HistoryError::Conflict) => match self.history.get(key).await? {
+                Some(stored) if stored.live => {
+                    Ok(gates::existing(stored.source.as_deref(), source, stored.revision))
+                }
+                // A delete marker left by an operator: the key is free again.
+                Some(marker) => {
+                    Ok(Written::New(self.history.update(key, value, marker.revision, source).await?))
+                }
+                None => {
+                    Err(Failure::transient("contention", format!("history key {key} exists and vanished")))
+                }
+            },
+            Err(error) => Err(error.into()),
         }
     }
 
     /// A collapsing notification replaces the one under its key unless that one is newer (see
-    /// [`newer`]), with a compare-and-set so that concurrent workers cannot interleave.
-    async fn write_collapsing(&self, key: &str, notification: &Notification) -> Result<Written, Failure> {
+    /// [`gates::newer`]), with a compare-and-set so that concurrent workers cannot interleave. An
+    /// entry it cannot read (written by a newer reno during a rolling upgrade) is never
+    /// overwritten: the event is retried, so that a worker that can read it takes it.
+    async fn write_collapsing(
+        &self,
+        key: &str,
+        notification: &Notification,
+        source: &str,
+    ) -> Result<Written, Failure> {
         let value = Bytes::from(notification.encode());
         for _attempt in 0..8 {
-            let current = self.history.entry(key).await.map_err(transient)?;
-            let current = current.filter(|entry| entry.operation == kv::Operation::Put);
-            let result = match current {
-                None => match self.history.create(key, value.clone()).await {
-                    Ok(revision) => return Ok(Written::New(revision)),
-                    Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                    Err(error) => Err(transient(error)),
-                },
-                Some(entry) => {
-                    if let Ok(stored) = Notification::decode(&entry.value) {
-                        if stored.id == notification.id {
-                            return Ok(Written::Existing(entry.revision));
-                        }
-                        if newer(&stored, notification) {
-                            return Ok(Written::Superseded);
-                        }
+            let result = match self.history.get(key).await? {
+                None => self.history.create(key, value.clone(), source).await,
+                Some(marker) if !marker.live => {
+                    self.history.update(key, value.clone(), marker.revision, source).await
+                }
+                Some(stored) => {
+                    let Ok(current) = Notification::decode(&stored.value) else {
+                        return Err(Failure::transient(
+                            "unreadable_entry",
+                            format!(
+                                "history entry {key} cannot be read (written by a newer reno?); not overwritten"
+                            ),
+                        ));
+                    };
+                    if current.id == notification.id {
+                        return Ok(gates::existing(stored.source.as_deref(), source, stored.revision));
                     }
-                    match self.history.update(key, value.clone(), entry.revision).await {
-                        Ok(revision) => return Ok(Written::New(revision)),
-                        Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                            continue;
-                        }
-                        Err(error) => Err(transient(error)),
+                    if gates::newer(&current, notification) {
+                        return Ok(Written::Superseded);
                     }
+                    self.history.update(key, value.clone(), stored.revision, source).await
                 }
             };
-            return result;
+            match result {
+                Ok(revision) => return Ok(Written::New(revision)),
+                Err(HistoryError::Conflict) => continue,
+                Err(error) => return Err(error.into()),
+            }
         }
-        Err(Failure::Transient(format!("history key {key} kept changing under concurrent writers")))
+        Err(Failure::transient(
+            "contention",
+            format!("history key {key} kept changing under concurrent writers"),
+        ))
     }
 
     /// Best-effort push to the devices of this type that are online now.
     async fn push(&self, device_type: &DeviceType, notification: &Notification) -> Result<(), Failure> {
-        let subject = subject::push_subject(&notification.member, device_type);
-        self.client.publish(subject, Bytes::from(notification.encode())).await.map_err(transient)
+        let subject = reno_model::subject::push_subject(&notification.member, device_type);
+        self.client
+            .publish(subject, Bytes::from(notification.encode()))
+            .await
+            .map_err(|error| Failure::transient("unavailable", error))
     }
 
     async fn dead_letter(
@@ -269,76 +308,17 @@ impl Pipeline {
             }
             Err(error) => {
                 warn!(%error, "cannot file dead letter; will retry");
-                ack(message, AckKind::Nak(Some(retry_delay(origin.deliveries)))).await;
+                outcome::count_retry(self.priority, "dead_letter_failed");
+                ack(message, AckKind::Nak(Some(gates::retry_delay(origin.deliveries)))).await;
                 Outcome::Retried
             }
         }
     }
 }
 
-/// Whether `stored` is a newer state than `incoming` under the same collapse key: by when it
-/// happened at the source (a publisher's late retry keeps its original time), then by when the
-/// server received it. On a tie in both, the later write wins. A source time after the server's
-/// receive time is a publisher's clock running ahead: it counts as the receive time, so that one
-/// event from the future cannot shadow every later state of its key.
-fn newer(stored: &Notification, incoming: &Notification) -> bool {
-    let order = |notification: &Notification| {
-        let source = notification.occurred_at_ms.min(notification.published_at_ms);
-        (source, notification.published_at_ms)
-    };
-    order(stored) > order(incoming)
-}
-
-fn transient(error: impl std::fmt::Display) -> Failure {
-    Failure::Transient(error.to_string())
-}
-
 /// Sends an ack of the given kind; a lost ack only means a redelivery, which the gates absorb.
 async fn ack(message: &jetstream::Message, kind: AckKind) {
     if let Err(error) = message.ack_with(kind).await {
         warn!(%error, "ack not sent; the event will be redelivered");
-    }
-}
-
-/// Delay before redelivery after the n-th failed delivery: 1 s, doubling, at most 60 s.
-fn retry_delay(deliveries: i64) -> Duration {
-    let exponent = u32::try_from(deliveries.clamp(1, 7) - 1).unwrap_or(0);
-    Duration::from_secs(2u64.pow(exponent)).min(Duration::from_secs(60))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn notification(occurred_at_ms: u64, published_at_ms: u64) -> Notification {
-        Notification {
-            seq: 0,
-            id: reno_model::EventId::new("e").unwrap(),
-            event_type: reno_model::EventType::new("plan_changed").unwrap(),
-            member: reno_model::MemberId::new("m").unwrap(),
-            device_type: DeviceType::new("tv").unwrap(),
-            occurred_at_ms,
-            published_at_ms,
-            payload: reno_model::Value::Null,
-            collapse_key: None,
-        }
-    }
-
-    #[test]
-    fn collapse_orders_by_source_time_then_server_time() {
-        // A publisher's late retry of an old state keeps its source time and loses.
-        assert!(newer(&notification(200, 1_000), &notification(100, 9_000)));
-        assert!(!newer(&notification(100, 9_000), &notification(200, 1_000)));
-        // Same source time: the server's receive time decides; a full tie lets the write through.
-        assert!(newer(&notification(100, 200), &notification(100, 150)));
-        assert!(!newer(&notification(100, 150), &notification(100, 150)));
-        // A source time in the future (a clock running ahead) counts as the receive time.
-        assert!(!newer(&notification(9_999_999, 1_000), &notification(1_500, 2_000)));
-    }
-
-    #[test]
-    fn retry_delay_doubles_up_to_a_minute() {
-        let delays: Vec<u64> = (1..=9).map(|n| retry_delay(n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }

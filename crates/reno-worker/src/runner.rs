@@ -15,6 +15,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     config::{PoolConfig, WorkerConfig},
+    history::History,
     outcome::{self, Outcome},
     pipeline::Pipeline,
 };
@@ -102,10 +103,11 @@ async fn run_priority(
             .get_consumer(subject::WORKER_CONSUMER)
             .await
             .map_err(|error| missing(priority, format!("consumer {}", subject::WORKER_CONSUMER), error))?;
-        let history = jetstream
-            .get_key_value(subject::HISTORY_BUCKET)
+        let history_stream = jetstream
+            .get_stream(subject::history_stream())
             .await
             .map_err(|error| missing(priority, format!("bucket {}", subject::HISTORY_BUCKET), error))?;
+        let history = History::new(jetstream.clone(), history_stream);
         let pipeline = Arc::new(Pipeline {
             priority,
             registry: config.registry.clone(),

@@ -69,6 +69,16 @@ pub struct ProvisionArgs {
     /// Seconds a worker may hold an event before JetStream hands it to another worker.
     #[arg(long, env = "RENO_ACK_WAIT_SECS", default_value_t = 30)]
     pub ack_wait_secs: u64,
+    /// Bytes each priority stream may hold; when full, publishers are refused.
+    #[arg(long, env = "RENO_EVENT_MAX_BYTES", default_value_t = 1 << 30)]
+    pub event_max_bytes: i64,
+    /// Bytes the history may hold; when full, it refuses new entries and events wait in their
+    /// priority streams (workers retry them) until entries expire or the limit is raised.
+    #[arg(long, env = "RENO_HISTORY_MAX_BYTES", default_value_t = 4 << 30)]
+    pub history_max_bytes: i64,
+    /// Bytes the dead letters may hold; when full, the oldest are dropped.
+    #[arg(long, env = "RENO_DEAD_LETTER_MAX_BYTES", default_value_t = 256 << 20)]
+    pub dead_letter_max_bytes: i64,
 }
 
 #[derive(Args, Clone)]

@@ -48,6 +48,9 @@ async fn provision(args: &ProvisionArgs) -> Result<()> {
         history_retention: Duration::from_secs(args.history_retention_secs),
         event_retention: Duration::from_secs(args.event_retention_secs),
         ack_wait: Duration::from_secs(args.ack_wait_secs),
+        event_max_bytes: args.event_max_bytes,
+        history_max_bytes: args.history_max_bytes,
+        dead_letter_max_bytes: args.dead_letter_max_bytes,
         ..Topology::default()
     };
     let report = reno_nats::provision(&jetstream, &registry, &topology).await?;

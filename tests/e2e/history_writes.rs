@@ -1,0 +1,131 @@
+//! What a worker finds in the history and does about it: its own earlier write (stored although the
+//! write's answer was lost) is pushed, an entry it cannot read is never overwritten, and a stale
+//! redelivery that was never started is dropped while one that was started is finished.
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, jetstream::consumer::PullConsumer};
+use futures::StreamExt;
+use reno_model::{CollapseKey, Notification, subject};
+
+use crate::support::*;
+
+const REGISTRY: &str = r#"
+device_types = ["mobile", "tv"]
+
+[types.lasting]
+priority = "normal"
+stale_after_secs = 3600
+
+[types.fleeting]
+priority = "normal"
+stale_after_secs = 1
+
+[types.plan_changed]
+priority = "high"
+stale_after_secs = 3600
+collapse = true
+"#;
+
+/// Writes a history entry the way a worker does, with `Reno-Source` naming the message it came from.
+async fn write_entry(stack: &Stack, key: &str, value: Vec<u8>, source: Option<&str>) -> u64 {
+    let mut headers = HeaderMap::new();
+    if let Some(source) = source {
+        headers.insert("Reno-Source", source);
+    }
+    let ack = stack
+        .jetstream
+        .publish_with_headers(subject::history_subject(key), headers, value.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    ack.sequence
+}
+
+#[tokio::test]
+async fn a_write_stored_although_its_answer_was_lost_is_still_pushed() {
+    let mut stack = Stack::start_with(Some(REGISTRY), &[]).await;
+    let mut spy = stack.client.subscribe("reno.ntf.ivan.tv").await.unwrap();
+    let envelope = event("lasting", "ivan", text("hello"));
+    let published = stack.publisher().publish(&envelope).await.unwrap();
+    // What an attempt whose history write timed out leaves behind: the entry is there, written from
+    // this very message, but nothing was pushed and the event was not acked.
+    let key = format!("ivan.tv.lasting.{}", envelope.id);
+    let mut notification = Notification::from_event(&envelope, &device("tv"), 1);
+    notification.collapse_key = None;
+    let source = format!("{}:{}", published.stream, published.sequence);
+    let seq = write_entry(&stack, &key, notification.encode(), Some(&source)).await;
+
+    let worker = stack.start_worker(&[]);
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 1).await;
+    let push = within("push of the already written entry", spy.next()).await.unwrap();
+    let pushed = Notification::decode(&push.payload).unwrap();
+    assert_eq!((pushed.id, pushed.seq), (envelope.id.clone(), seq));
+    assert_eq!(stack.counter(worker, "reno_worker_events_total", &[("outcome", "duplicate")]).await, 0);
+}
+
+#[tokio::test]
+async fn a_collapsing_entry_the_worker_cannot_read_is_never_overwritten() {
+    let mut stack = Stack::start_with(Some(REGISTRY), &[]).await;
+    // As a newer reno might write it during a rolling upgrade: not a notification this worker knows.
+    let key = "judy.tv.plan_changed.plan";
+    let unreadable = b"\xa1\x63new\x01".to_vec();
+    let seq = write_entry(&stack, key, unreadable.clone(), Some("RENO_HIGH:999")).await;
+    let mut update = event("plan_changed", "judy", text("basic"));
+    update.collapse_key = Some(CollapseKey::new("plan").unwrap());
+    update.targets = Some(vec![device("tv")]);
+    stack.publisher().publish(&update).await.unwrap();
+
+    let worker = stack.start_worker(&["--max-deliveries", "2"]);
+    stack.wait_for_counter(worker, "reno_worker_retries_total", &[("reason", "unreadable_entry")], 1).await;
+    stack
+        .wait_for_counter(worker, "reno_worker_dead_letters_total", &[("reason", "retries_exhausted")], 1)
+        .await;
+    let history = stack.jetstream.get_stream(subject::history_stream()).await.unwrap();
+    let stored = history.direct_get_last_for_subject(subject::history_subject(key)).await.unwrap();
+    assert_eq!((stored.sequence, stored.payload.to_vec()), (seq, unreadable));
+    assert_eq!(stack.counter(worker, "reno_worker_events_total", &[("outcome", "delivered")]).await, 0);
+}
+
+#[tokio::test]
+async fn a_stale_redelivery_is_dropped_unless_an_earlier_attempt_started_it() {
+    let mut stack = Stack::start_with(Some(REGISTRY), &[]).await;
+    stack.start_pull_service().await;
+    let untouched = event("fleeting", "kate", text("never started"));
+    let half_done = event("fleeting", "kate", text("half written"));
+    stack.publisher().publish(&untouched).await.unwrap();
+    let published = stack.publisher().publish(&half_done).await.unwrap();
+    // The second one's mobile entry was written by an earlier attempt that then stopped.
+    let source = format!("{}:{}", published.stream, published.sequence);
+    let key = format!("kate.mobile.fleeting.{}", half_done.id);
+    let notification = Notification::from_event(&half_done, &device("mobile"), 1);
+    write_entry(&stack, &key, notification.encode(), Some(&source)).await;
+
+    // Both are fetched by the workers' consumer and handed back without being worked on, as a
+    // worker shutting down does, after they went stale: their redeliveries were never processed.
+    let stream = stack.jetstream.get_stream("RENO_NORMAL").await.unwrap();
+    let consumer: PullConsumer = stream.get_consumer(subject::WORKER_CONSUMER).await.unwrap();
+    let mut fetched = consumer.fetch().max_messages(2).messages().await.unwrap();
+    let mut held = Vec::new();
+    while let Some(message) = fetched.next().await {
+        held.push(message.unwrap());
+    }
+    assert_eq!(held.len(), 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for message in held {
+        message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.unwrap();
+    }
+
+    let worker = stack.start_worker(&[]);
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "stale")], 1).await;
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 1).await;
+    let ids = |page: reno_model::PullPage| page.notifications.into_iter().map(|n| n.id).collect::<Vec<_>>();
+    // The half-written one was finished for the device type it still lacked; the other never shows.
+    for device_type in ["tv", "mobile"] {
+        assert_eq!(
+            ids(stack.pull_page("kate", device_type, 0, 100).await),
+            std::slice::from_ref(&half_done.id)
+        );
+    }
+}
