@@ -4,6 +4,7 @@
 
 mod support;
 
+mod config;
 mod dead_letters;
 mod delivery;
 mod gates;

@@ -74,8 +74,8 @@ impl Stack {
             .args(args)
             .env("RENO_NATS_URL", self.nats.client_url())
             .env("RENO_WEBSOCKET_URL", self.nats.websocket_url())
-            .env("RENO_REGISTRY", &self.registry)
-            .env("RENO_LOG", "info,reno_worker=debug");
+            .env("RENO_REGISTRY_PATH", &self.registry)
+            .env("RENO_LOG_LEVEL", "info,reno_worker=debug");
         command
     }
 

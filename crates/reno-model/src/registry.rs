@@ -4,12 +4,12 @@
 
 use std::{collections::BTreeMap, fmt, path::Path, str::FromStr, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::token::{DeviceType, EventType, TokenError};
 
 /// A priority class; each has its own stream, consumer, connection and task pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     High,

@@ -1,13 +1,26 @@
-//! The command line: every subcommand and flag, with the environment variable that can set it.
+//! The command line: every subcommand and flag. A flag that is also a configuration key overrides the
+//! environment (`RENO_<SECTION>_<KEY>`), the config file and the built-in default, in that order (see
+//! docs/configuration.md).
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use reno_model::{CollapseKey, DeviceType, EventId, EventType, MemberId, Position, Priority};
 
+use crate::config::{Config, ConfigError, LogFormat, MetricsAddr};
+
 #[derive(Parser)]
 #[command(name = "reno", version, about = "Rapid Event Notification System on NATS JetStream")]
 pub struct Cli {
+    /// A config file (TOML): the settings every process reads, below the environment and flags.
+    #[arg(long, env = "RENO_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log filter: a level (info) or directives (info,reno_worker=debug) [config: log.level].
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log format [config: log.format].
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -26,29 +39,78 @@ pub enum Command {
     Publish(PublishArgs),
     /// Watch as a device: push over websocket plus pull catch-up, one JSON line per notification.
     Device(DeviceArgs),
+    /// Check the configuration (file, environment, flags) without starting anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective settings as a config file.
+    Check,
+}
+
+impl Cli {
+    /// The configuration this invocation runs with: defaults, the file, then environment and flags;
+    /// validated.
+    pub fn resolve(&self, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut config = Config::load(self.config.as_deref())?;
+        config.apply_env(env)?;
+        if let Some(level) = &self.log_level {
+            config.log.level = level.clone();
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
+        match &self.command {
+            Command::Up(args) => {
+                args.provision.apply(&mut config);
+                args.run.apply(&mut config);
+            }
+            Command::Provision(args) => args.apply(&mut config),
+            Command::Worker(args) => args.apply(&mut config),
+            Command::PullService(args) => args.apply(&mut config),
+            Command::Publish(args) => {
+                args.connect.apply(&mut config);
+                if let Some(path) = &args.registry {
+                    config.registry.path = path.clone();
+                }
+            }
+            Command::Device(_) | Command::Config(_) => {}
+        }
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 #[derive(Args, Clone)]
 pub struct ConnectArgs {
-    /// NATS server(s) of the hub, comma-separated.
-    #[arg(long, env = "RENO_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// NATS server(s) of the hub, comma-separated [config: nats.url].
+    #[arg(long)]
+    pub nats_url: Option<String>,
 }
 
-#[derive(Args, Clone)]
-pub struct PullServiceArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-    /// Where Prometheus scrapes metrics (`/metrics`); `off` for none.
-    #[arg(long, env = "RENO_PULL_METRICS_ADDR", default_value = "127.0.0.1:9465")]
-    pub metrics_addr: MetricsAddr,
+impl ConnectArgs {
+    fn apply(&self, config: &mut Config) {
+        if let Some(url) = &self.nats_url {
+            config.nats.url = url.clone();
+        }
+    }
 }
 
 #[derive(Args, Clone)]
 pub struct RegistryArgs {
-    /// The event-type registry (TOML).
-    #[arg(long, env = "RENO_REGISTRY", default_value = "registry/events.toml")]
-    pub registry: PathBuf,
+    /// The event-type registry (TOML) [config: registry.path].
+    #[arg(long)]
+    pub registry: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn apply(&self, config: &mut Config) {
+        if let Some(path) = &self.registry {
+            config.registry.path = path.clone();
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -57,28 +119,49 @@ pub struct ProvisionArgs {
     pub connect: ConnectArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
-    /// Copies of each stream and of the history: 1 on one node, 3 on the hub cluster.
-    #[arg(long, env = "RENO_REPLICAS", default_value_t = 1)]
-    pub replicas: usize,
-    /// Seconds notifications stay in the history for devices to pull.
-    #[arg(long, env = "RENO_HISTORY_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
-    pub history_retention_secs: u64,
-    /// Seconds an event waits in its priority stream for a worker before it expires.
-    #[arg(long, env = "RENO_EVENT_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
-    pub event_retention_secs: u64,
-    /// Seconds a worker may hold an event before JetStream hands it to another worker.
-    #[arg(long, env = "RENO_ACK_WAIT_SECS", default_value_t = 30)]
-    pub ack_wait_secs: u64,
-    /// Bytes each priority stream may hold; when full, publishers are refused.
-    #[arg(long, env = "RENO_EVENT_MAX_BYTES", default_value_t = 1 << 30)]
-    pub event_max_bytes: i64,
+    /// Copies of each stream and of the history: 1 on one node, 3 on the hub cluster
+    /// [config: streams.replicas].
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// Seconds notifications stay in the history for devices to pull
+    /// [config: streams.history_retention_secs].
+    #[arg(long)]
+    pub history_retention_secs: Option<u64>,
+    /// Seconds an event waits in its priority stream for a worker before it expires
+    /// [config: streams.event_retention_secs].
+    #[arg(long)]
+    pub event_retention_secs: Option<u64>,
+    /// Seconds a worker may hold an event before JetStream hands it to another worker
+    /// [config: streams.ack_wait_secs].
+    #[arg(long)]
+    pub ack_wait_secs: Option<u64>,
+    /// Bytes each priority stream may hold; when full, publishers are refused
+    /// [config: streams.event_max_bytes].
+    #[arg(long)]
+    pub event_max_bytes: Option<i64>,
     /// Bytes the history may hold; when full, it refuses new entries and events wait in their
-    /// priority streams (workers retry them) until entries expire or the limit is raised.
-    #[arg(long, env = "RENO_HISTORY_MAX_BYTES", default_value_t = 4 << 30)]
-    pub history_max_bytes: i64,
-    /// Bytes the dead letters may hold; when full, the oldest are dropped.
-    #[arg(long, env = "RENO_DEAD_LETTER_MAX_BYTES", default_value_t = 256 << 20)]
-    pub dead_letter_max_bytes: i64,
+    /// priority streams until entries expire or the limit is raised [config: streams.history_max_bytes].
+    #[arg(long)]
+    pub history_max_bytes: Option<i64>,
+    /// Bytes the dead letters may hold; when full, the oldest are dropped
+    /// [config: streams.dead_letter_max_bytes].
+    #[arg(long)]
+    pub dead_letter_max_bytes: Option<i64>,
+}
+
+impl ProvisionArgs {
+    fn apply(&self, config: &mut Config) {
+        self.connect.apply(config);
+        self.registry.apply(config);
+        let streams = &mut config.streams;
+        set(&mut streams.replicas, self.replicas);
+        set(&mut streams.history_retention_secs, self.history_retention_secs);
+        set(&mut streams.event_retention_secs, self.event_retention_secs);
+        set(&mut streams.ack_wait_secs, self.ack_wait_secs);
+        set(&mut streams.event_max_bytes, self.event_max_bytes);
+        set(&mut streams.history_max_bytes, self.history_max_bytes);
+        set(&mut streams.dead_letter_max_bytes, self.dead_letter_max_bytes);
+    }
 }
 
 #[derive(Args, Clone)]
@@ -87,31 +170,75 @@ pub struct WorkerArgs {
     pub connect: ConnectArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
-    /// Priorities this process serves (repeat the flag); default: all.
+    /// Priorities this process serves (repeat the flag) [config: worker.priorities].
     #[arg(long = "priority", value_name = "PRIORITY")]
     pub priorities: Vec<Priority>,
-    /// Events in flight for one priority, as PRIORITY=N (repeat the flag).
+    /// Events in flight for one priority, as PRIORITY=N (repeat the flag)
+    /// [config: worker.<priority>.concurrency].
     #[arg(long = "concurrency", value_name = "PRIORITY=N", value_parser = parse_priority_number)]
     pub concurrency: Vec<(Priority, usize)>,
-    /// OS threads of one priority's runtime, as PRIORITY=N (repeat the flag).
+    /// OS threads of one priority's runtime, as PRIORITY=N (repeat the flag)
+    /// [config: worker.<priority>.threads].
     #[arg(long = "threads", value_name = "PRIORITY=N", value_parser = parse_priority_number)]
     pub threads: Vec<(Priority, usize)>,
-    /// Deliveries of one event before a transient failure dead-letters it.
-    #[arg(long, env = "RENO_MAX_DELIVERIES", default_value_t = 10)]
-    pub max_deliveries: i64,
+    /// Deliveries of one event before a transient failure dead-letters it
+    /// [config: worker.max_deliveries].
+    #[arg(long)]
+    pub max_deliveries: Option<i64>,
     #[command(flatten)]
     pub run: RunArgs,
 }
 
+impl WorkerArgs {
+    fn apply(&self, config: &mut Config) {
+        self.connect.apply(config);
+        self.registry.apply(config);
+        if !self.priorities.is_empty() {
+            config.worker.priorities = self.priorities.clone();
+        }
+        for (priority, concurrency) in &self.concurrency {
+            config.pool_mut(*priority).concurrency = *concurrency;
+        }
+        for (priority, threads) in &self.threads {
+            config.pool_mut(*priority).threads = *threads;
+        }
+        set(&mut config.worker.max_deliveries, self.max_deliveries);
+        self.run.apply(config);
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct RunArgs {
-    /// Where Prometheus scrapes metrics (`/metrics`); `off` for none.
-    #[arg(long, env = "RENO_METRICS_ADDR", default_value = "127.0.0.1:9464")]
-    pub metrics_addr: MetricsAddr,
+    /// Where Prometheus scrapes metrics (`/metrics`); `off` for none [config: worker.metrics_addr].
+    #[arg(long)]
+    pub metrics_addr: Option<MetricsAddr>,
     /// Seconds to finish in-flight events after SIGTERM before exiting anyway (keep it below the
-    /// scheduler's kill timeout).
-    #[arg(long, env = "RENO_GRACE_SECS", default_value_t = 20)]
-    pub grace_secs: u64,
+    /// scheduler's kill timeout) [config: worker.grace_secs].
+    #[arg(long)]
+    pub grace_secs: Option<u64>,
+}
+
+impl RunArgs {
+    fn apply(&self, config: &mut Config) {
+        set(&mut config.worker.metrics_addr, self.metrics_addr);
+        set(&mut config.worker.grace_secs, self.grace_secs);
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct PullServiceArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Where Prometheus scrapes metrics (`/metrics`); `off` for none [config: pull.metrics_addr].
+    #[arg(long)]
+    pub metrics_addr: Option<MetricsAddr>,
+}
+
+impl PullServiceArgs {
+    fn apply(&self, config: &mut Config) {
+        self.connect.apply(config);
+        set(&mut config.pull.metrics_addr, self.metrics_addr);
+    }
 }
 
 #[derive(Args, Clone)]
@@ -152,7 +279,7 @@ pub struct PublishArgs {
     pub occurred_at_ms: Option<u64>,
     /// Check type and targets against this registry before sending (the server checks the type
     /// in any case).
-    #[arg(long, env = "RENO_REGISTRY")]
+    #[arg(long)]
     pub registry: Option<PathBuf>,
 }
 
@@ -176,20 +303,10 @@ pub struct DeviceArgs {
     pub count: Option<usize>,
 }
 
-/// A listen address for metrics, or none.
-#[derive(Clone, Copy, Debug)]
-pub struct MetricsAddr(pub Option<SocketAddr>);
-
-impl std::str::FromStr for MetricsAddr {
-    type Err = String;
-    fn from_str(value: &str) -> Result<Self, String> {
-        if value == "off" {
-            return Ok(MetricsAddr(None));
-        }
-        value
-            .parse()
-            .map(|addr| MetricsAddr(Some(addr)))
-            .map_err(|_| format!("{value:?} is not HOST:PORT or off"))
+/// Overrides `target` when a flag or its environment variable gave a value.
+fn set<T>(target: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *target = value;
     }
 }
 

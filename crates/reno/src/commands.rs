@@ -8,30 +8,37 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use reno_device::{Device, DeviceConfig, DeviceError, DeviceEvent};
-use reno_model::{Envelope, EventId, Priority, Registry, Value};
-use reno_nats::{Publisher, Topology};
-use reno_worker::{PoolConfig, WorkerConfig};
+use reno_model::{Envelope, EventId, Registry, Value};
+use reno_nats::Publisher;
+use reno_worker::WorkerConfig;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::cli::{
-    Cli, Command, DeviceArgs, MetricsAddr, ProvisionArgs, PublishArgs, RunArgs, UpArgs, WorkerArgs,
+use crate::{
+    cli::{Command, ConfigCommand, DeviceArgs, PublishArgs, UpArgs},
+    config::{Config, MetricsAddr},
 };
 
-pub async fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Up(args) => up(args).await,
-        Command::Provision(args) => provision(&args).await,
-        Command::Worker(args) => worker(args).await,
-        Command::PullService(args) => {
-            start_metrics(args.metrics_addr)?;
-            let client = reno_nats::connect_patiently(&args.connect.nats_url, "reno-pull").await;
+/// Runs one subcommand with the configuration it resolved to.
+pub async fn run(command: Command, config: Config) -> Result<()> {
+    match command {
+        Command::Up(args) => up(args, &config).await,
+        Command::Provision(_) => provision(&config).await,
+        Command::Worker(_) => worker(&config).await,
+        Command::PullService(_) => {
+            start_metrics(config.pull.metrics_addr)?;
+            let client = reno_nats::connect_patiently(&config.nats.url, "reno-pull").await;
             let stop = Shutdown::on_signal();
             reno_pull::run(client, stop.wait()).await?;
             Ok(())
         }
-        Command::Publish(args) => publish(args).await,
+        Command::Publish(args) => publish(args, &config).await,
         Command::Device(args) => device(args).await,
+        Command::Config(ConfigCommand::Check) => {
+            print!("{}", config.to_toml());
+            eprintln!("config ok");
+            Ok(())
+        }
     }
 }
 
@@ -39,32 +46,21 @@ fn load_registry(path: &std::path::Path) -> Result<Arc<Registry>> {
     Ok(Arc::new(Registry::load(path)?))
 }
 
-async fn provision(args: &ProvisionArgs) -> Result<()> {
-    let registry = load_registry(&args.registry.registry)?;
-    let client = connect(&args.connect.nats_url, "reno-provision").await?;
+async fn provision(config: &Config) -> Result<()> {
+    let registry = load_registry(&config.registry.path)?;
+    let client = connect(&config.nats.url, "reno-provision").await?;
     let jetstream = async_nats::jetstream::new(client);
-    let topology = Topology {
-        replicas: args.replicas,
-        history_retention: Duration::from_secs(args.history_retention_secs),
-        event_retention: Duration::from_secs(args.event_retention_secs),
-        ack_wait: Duration::from_secs(args.ack_wait_secs),
-        event_max_bytes: args.event_max_bytes,
-        history_max_bytes: args.history_max_bytes,
-        dead_letter_max_bytes: args.dead_letter_max_bytes,
-        ..Topology::default()
-    };
-    let report = reno_nats::provision(&jetstream, &registry, &topology).await?;
+    let report = reno_nats::provision(&jetstream, &registry, &config.topology()).await?;
     for (stream, subjects) in report.streams {
         info!(stream, subjects = subjects.join(" "), "stream provisioned");
     }
     Ok(())
 }
 
-async fn up(args: UpArgs) -> Result<()> {
-    provision(&args.provision).await?;
-    let registry = load_registry(&args.provision.registry.registry)?;
-    let nats_url = args.provision.connect.nats_url.clone();
-    let metrics = start_metrics(args.run.metrics_addr)?;
+async fn up(args: UpArgs, config: &Config) -> Result<()> {
+    provision(config).await?;
+    let nats_url = config.nats.url.clone();
+    let metrics = start_metrics(config.worker.metrics_addr)?;
     let stop = Shutdown::on_signal();
     let pull_client = reno_nats::connect_patiently(&nats_url, "reno-pull").await;
     let pull = tokio::spawn(reno_pull::run(pull_client, stop.wait()));
@@ -79,40 +75,27 @@ async fn up(args: UpArgs) -> Result<()> {
     if let Some(address) = metrics {
         println!("  metrics              http://{address}/metrics");
     }
-    let config = WorkerConfig::new(nats_url, registry);
-    run_worker(config, &args.run, &stop).await?;
+    run_worker(config, &stop).await?;
     pull.await??;
     Ok(())
 }
 
-async fn worker(args: WorkerArgs) -> Result<()> {
-    let registry = load_registry(&args.registry.registry)?;
-    let mut config = WorkerConfig::new(args.connect.nats_url.clone(), registry);
-    config.max_deliveries = args.max_deliveries.max(1);
-    let priorities =
-        if args.priorities.is_empty() { Priority::ALL.to_vec() } else { args.priorities.clone() };
-    config.pools = priorities
-        .into_iter()
-        .map(|priority| {
-            let mut pool = PoolConfig::default_for(priority);
-            if let Some((_, concurrency)) = args.concurrency.iter().rev().find(|(p, _)| *p == priority) {
-                pool.concurrency = *concurrency;
-            }
-            if let Some((_, threads)) = args.threads.iter().rev().find(|(p, _)| *p == priority) {
-                pool.threads = *threads;
-            }
-            (priority, pool)
-        })
-        .collect();
-    start_metrics(args.run.metrics_addr)?;
+async fn worker(config: &Config) -> Result<()> {
+    start_metrics(config.worker.metrics_addr)?;
     let stop = Shutdown::on_signal();
-    run_worker(config, &args.run, &stop).await
+    run_worker(config, &stop).await
 }
 
-/// Runs the worker until a signal, then gives in-flight events the grace period to finish.
-async fn run_worker(config: WorkerConfig, run: &RunArgs, stop: &Shutdown) -> Result<()> {
-    let grace = Duration::from_secs(run.grace_secs);
-    let mut worker = std::pin::pin!(reno_worker::run(config, stop.wait()));
+/// Runs the workers of the configured priorities until a signal, then gives in-flight events the
+/// grace period to finish.
+async fn run_worker(config: &Config, stop: &Shutdown) -> Result<()> {
+    let registry = load_registry(&config.registry.path)?;
+    let mut worker_config = WorkerConfig::new(config.nats.url.clone(), registry);
+    worker_config.max_deliveries = config.worker.max_deliveries;
+    worker_config.pools =
+        config.worker.priorities.iter().map(|priority| (*priority, config.pool(*priority))).collect();
+    let grace = Duration::from_secs(config.worker.grace_secs);
+    let mut worker = std::pin::pin!(reno_worker::run(worker_config, stop.wait()));
     tokio::select! {
         result = &mut worker => return Ok(result?),
         () = stop.wait() => {}
@@ -134,7 +117,7 @@ fn start_metrics(metrics_addr: MetricsAddr) -> Result<Option<std::net::SocketAdd
     Ok(Some(address))
 }
 
-async fn publish(args: PublishArgs) -> Result<()> {
+async fn publish(args: PublishArgs, config: &Config) -> Result<()> {
     let json: serde_json::Value =
         serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
     let envelope = Envelope {
@@ -148,10 +131,10 @@ async fn publish(args: PublishArgs) -> Result<()> {
         targets: (!args.targets.is_empty()).then_some(args.targets),
         collapse_key: args.collapse_key,
     };
-    let client = connect(&args.connect.nats_url, "reno-publish").await?;
+    let client = connect(&config.nats.url, "reno-publish").await?;
     let mut publisher = Publisher::new(client.clone());
-    if let Some(path) = &args.registry {
-        publisher = publisher.with_registry(load_registry(path)?);
+    if args.registry.is_some() {
+        publisher = publisher.with_registry(load_registry(&config.registry.path)?);
     }
     let published = publisher.publish(&envelope).await?;
     let line = serde_json::json!({

@@ -6,20 +6,28 @@
 
 mod cli;
 mod commands;
+mod config;
 
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RENO_LOG")
-                .unwrap_or_else(|_| "info,async_nats=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match commands::run(cli).await {
+    let config = match cli.resolve(std::env::vars()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("reno: invalid configuration: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level))
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        config::LogFormat::Text => logs.init(),
+        config::LogFormat::Json => logs.json().init(),
+    }
+    match commands::run(cli.command, config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("reno: {error:#}");

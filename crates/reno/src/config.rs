@@ -1,0 +1,461 @@
+//! The one configuration of every reno process. Four sources, each overriding the one before:
+//! built-in defaults, a TOML file (`--config`, `RENO_CONFIG`), environment variables (`RENO_*`) and
+//! command-line flags. Read before anything starts and validated, with errors that name the key and
+//! what it accepts; `reno config check` does only that. Each subcommand reads the sections it needs.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use reno_model::Priority;
+use reno_nats::Topology;
+use reno_worker::PoolConfig;
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Everything configurable, with its defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub nats: NatsSection,
+    pub registry: RegistrySection,
+    pub streams: StreamsSection,
+    pub worker: WorkerSection,
+    pub pull: PullSection,
+    pub log: LogSection,
+}
+
+/// Where reno's processes and services reach NATS (the hub).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSection {
+    /// Server URLs of the hub, comma-separated.
+    pub url: String,
+}
+
+/// The event-type registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySection {
+    /// The registry file (TOML).
+    pub path: PathBuf,
+}
+
+/// The JetStream objects `reno provision` creates (see docs/architecture.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamsSection {
+    /// Copies of each stream and bucket: 1 on one node, 3 on the hub cluster.
+    pub replicas: usize,
+    /// Seconds an event waits in its priority stream for a worker before it expires.
+    pub event_retention_secs: u64,
+    /// Bytes each priority stream may hold; when full, publishers are refused.
+    pub event_max_bytes: i64,
+    /// Seconds notifications stay in the history for devices to pull (0: as long as it lives).
+    pub history_retention_secs: u64,
+    /// Bytes the history may hold; when full, it refuses new entries and events wait.
+    pub history_max_bytes: i64,
+    /// Seconds dead letters are kept.
+    pub dead_letter_retention_secs: u64,
+    /// Bytes the dead letters may hold; when full, the oldest are dropped.
+    pub dead_letter_max_bytes: i64,
+    /// Seconds a worker may hold an event before JetStream hands it to another worker.
+    pub ack_wait_secs: u64,
+}
+
+/// The workers: which priorities a process serves and how wide each pool is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSection {
+    /// The priorities this process serves.
+    pub priorities: Vec<Priority>,
+    /// Deliveries of one event before a transient failure dead-letters it.
+    pub max_deliveries: i64,
+    /// Seconds to finish in-flight events after SIGTERM before exiting anyway.
+    pub grace_secs: u64,
+    /// Where Prometheus scrapes the worker's metrics (`/metrics`); `off` for none. `reno up`
+    /// serves everything's metrics here.
+    pub metrics_addr: MetricsAddr,
+    pub high: PoolSection,
+    pub normal: PoolSection,
+    pub low: PoolSection,
+}
+
+/// One priority's task pool.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// Events of this priority handled at once by this process.
+    pub concurrency: usize,
+    /// OS threads of this priority's own runtime.
+    pub threads: usize,
+}
+
+/// The pull service devices catch up from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullSection {
+    /// Where Prometheus scrapes a separate pull service's metrics; `off` for none.
+    pub metrics_addr: MetricsAddr,
+}
+
+/// What every process logs, to stderr.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// A tracing filter: a level (`info`) or directives (`info,reno_worker=debug`).
+    pub level: String,
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A listen address for metrics, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for MetricsAddr {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, String> {
+        if value == "off" {
+            return Ok(MetricsAddr(None));
+        }
+        value
+            .parse()
+            .map(|addr| MetricsAddr(Some(addr)))
+            .map_err(|_| format!("{value:?} is not HOST:PORT or off"))
+    }
+}
+
+impl std::fmt::Display for MetricsAddr {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(address) => write!(formatter, "{address}"),
+            None => formatter.write_str("off"),
+        }
+    }
+}
+
+impl Serialize for MetricsAddr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        NatsSection { url: "nats://127.0.0.1:4222".into() }
+    }
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        RegistrySection { path: "registry/events.toml".into() }
+    }
+}
+
+impl Default for StreamsSection {
+    fn default() -> Self {
+        let topology = Topology::default();
+        StreamsSection {
+            replicas: topology.replicas,
+            event_retention_secs: topology.event_retention.as_secs(),
+            event_max_bytes: topology.event_max_bytes,
+            history_retention_secs: topology.history_retention.as_secs(),
+            history_max_bytes: topology.history_max_bytes,
+            dead_letter_retention_secs: topology.dead_letter_retention.as_secs(),
+            dead_letter_max_bytes: topology.dead_letter_max_bytes,
+            ack_wait_secs: topology.ack_wait.as_secs(),
+        }
+    }
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        let pool = |priority| {
+            let PoolConfig { concurrency, threads } = PoolConfig::default_for(priority);
+            PoolSection { concurrency, threads }
+        };
+        WorkerSection {
+            priorities: Priority::ALL.to_vec(),
+            max_deliveries: 10,
+            grace_secs: 20,
+            metrics_addr: MetricsAddr(Some(([127, 0, 0, 1], 9464).into())),
+            high: pool(Priority::High),
+            normal: pool(Priority::Normal),
+            low: pool(Priority::Low),
+        }
+    }
+}
+
+impl Default for PullSection {
+    fn default() -> Self {
+        PullSection { metrics_addr: MetricsAddr(Some(([127, 0, 0, 1], 9465).into())) }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { level: "info,async_nats=warn".into(), format: LogFormat::Text }
+    }
+}
+
+impl Config {
+    /// The defaults, overridden by the file at `path` if one is given.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else { return Ok(Config::default()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::from_toml(&text)
+            .map_err(|message| ConfigError::Parse { path: path.display().to_string(), message })
+    }
+
+    /// Parses a config file's text; what it leaves out keeps its default.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|error: toml::de::Error| error.to_string().trim_end().to_owned())
+    }
+
+    /// Overrides every key for which the environment has `RENO_<SECTION>_<KEY>` (for example
+    /// `RENO_NATS_URL` for `nats.url`, `RENO_WORKER_HIGH_CONCURRENCY` for `worker.high.concurrency`).
+    /// A list takes comma-separated values. `env` is the environment to read (the process's, or a
+    /// test's own).
+    pub fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+        let env: std::collections::HashMap<String, String> =
+            env.into_iter().filter(|(name, _)| name.starts_with("RENO_")).collect();
+        let mut tree = toml::Value::try_from(&*self).expect("a config always serializes");
+        let mut applied = Vec::new();
+        overlay(&mut tree, "RENO", &env, &mut applied);
+        if applied.is_empty() {
+            return Ok(());
+        }
+        *self = tree.try_into().map_err(|error: toml::de::Error| ConfigError::Parse {
+            path: format!("environment ({})", applied.join(", ")),
+            message: error.to_string().trim_end().to_owned(),
+        })?;
+        Ok(())
+    }
+
+    /// The effective configuration as a config file would say it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a config always serializes")
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_owned() });
+        if self.nats.url.trim().is_empty() {
+            return invalid("nats.url", "is empty; use one or more comma-separated nats:// URLs");
+        }
+        if !(1..=5).contains(&self.streams.replicas) {
+            return invalid("streams.replicas", "use 1 to 5 (1 on one node, 3 on the hub cluster)");
+        }
+        for (key, value) in [
+            ("streams.event_max_bytes", self.streams.event_max_bytes),
+            ("streams.history_max_bytes", self.streams.history_max_bytes),
+            ("streams.dead_letter_max_bytes", self.streams.dead_letter_max_bytes),
+        ] {
+            if value < 1024 * 1024 {
+                return invalid(key, &format!("{value} is too small; use at least 1048576 (1 MiB)"));
+            }
+        }
+        for (key, value) in [
+            ("streams.event_retention_secs", self.streams.event_retention_secs),
+            ("streams.dead_letter_retention_secs", self.streams.dead_letter_retention_secs),
+            ("streams.ack_wait_secs", self.streams.ack_wait_secs),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1 second");
+            }
+        }
+        if self.worker.priorities.is_empty() {
+            return invalid("worker.priorities", "is empty; name at least one of high, normal, low");
+        }
+        if self.worker.max_deliveries < 1 {
+            return invalid("worker.max_deliveries", "must be at least 1");
+        }
+        for (key, pool) in [
+            ("worker.high", self.worker.high),
+            ("worker.normal", self.worker.normal),
+            ("worker.low", self.worker.low),
+        ] {
+            if pool.concurrency == 0 || pool.threads == 0 {
+                return invalid(key, "concurrency and threads must be at least 1");
+            }
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid(
+                "log.level",
+                &format!("{error}; use a level such as info or directives such as info,reno_worker=debug"),
+            );
+        }
+        Ok(())
+    }
+
+    /// The provisioning settings.
+    pub fn topology(&self) -> Topology {
+        let streams = &self.streams;
+        Topology {
+            replicas: streams.replicas,
+            event_retention: Duration::from_secs(streams.event_retention_secs),
+            event_max_bytes: streams.event_max_bytes,
+            history_retention: Duration::from_secs(streams.history_retention_secs),
+            history_max_bytes: streams.history_max_bytes,
+            dead_letter_retention: Duration::from_secs(streams.dead_letter_retention_secs),
+            dead_letter_max_bytes: streams.dead_letter_max_bytes,
+            ack_wait: Duration::from_secs(streams.ack_wait_secs),
+            ..Topology::default()
+        }
+    }
+
+    /// One priority's pool.
+    pub fn pool(&self, priority: Priority) -> PoolConfig {
+        let section = match priority {
+            Priority::High => self.worker.high,
+            Priority::Normal => self.worker.normal,
+            Priority::Low => self.worker.low,
+        };
+        PoolConfig { concurrency: section.concurrency, threads: section.threads }
+    }
+
+    /// The pool of one priority, mutably, for overrides.
+    pub fn pool_mut(&mut self, priority: Priority) -> &mut PoolSection {
+        match priority {
+            Priority::High => &mut self.worker.high,
+            Priority::Normal => &mut self.worker.normal,
+            Priority::Low => &mut self.worker.low,
+        }
+    }
+}
+
+/// Replaces each leaf of `tree` whose environment variable (`prefix` plus its path) is set.
+fn overlay(
+    tree: &mut toml::Value,
+    prefix: &str,
+    env: &std::collections::HashMap<String, String>,
+    applied: &mut Vec<String>,
+) {
+    let toml::Value::Table(table) = tree else { return };
+    for (key, value) in table.iter_mut() {
+        let name = format!("{prefix}_{}", key.to_ascii_uppercase());
+        if value.is_table() {
+            overlay(value, &name, env, applied);
+            continue;
+        }
+        let Some(text) = env.get(&name) else { continue };
+        *value = match value {
+            toml::Value::Integer(_) => text
+                .trim()
+                .parse()
+                .map(toml::Value::Integer)
+                .unwrap_or_else(|_| toml::Value::String(text.clone())),
+            toml::Value::Boolean(_) => text
+                .trim()
+                .parse()
+                .map(toml::Value::Boolean)
+                .unwrap_or_else(|_| toml::Value::String(text.clone())),
+            toml::Value::Array(_) => toml::Value::Array(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| toml::Value::String(item.to_owned()))
+                    .collect(),
+            ),
+            _ => toml::Value::String(text.clone()),
+        };
+        applied.push(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_overrides_only_what_it_says() {
+        let config =
+            Config::from_toml("[worker]\nmax_deliveries = 3\n[worker.low]\nconcurrency = 8\nthreads = 2\n")
+                .unwrap();
+        assert_eq!(config.worker.max_deliveries, 3);
+        assert_eq!(config.pool(Priority::Low), PoolConfig { concurrency: 8, threads: 2 });
+        assert_eq!(config.pool(Priority::High), PoolConfig::default_for(Priority::High));
+        assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let mut config = Config::from_toml("[nats]\nurl = \"nats://file:4222\"\n").unwrap();
+        let env = [
+            ("RENO_NATS_URL", "nats://env:4222"),
+            ("RENO_WORKER_MAX_DELIVERIES", "4"),
+            ("RENO_WORKER_LOW_THREADS", "3"),
+            ("RENO_WORKER_PRIORITIES", "high, low"),
+            ("RENO_WORKER_METRICS_ADDR", "off"),
+            ("HOME", "/root"),
+        ];
+        config.apply_env(env.iter().map(|(name, value)| (name.to_string(), value.to_string()))).unwrap();
+        assert_eq!(config.nats.url, "nats://env:4222");
+        assert_eq!(config.worker.max_deliveries, 4);
+        assert_eq!(config.pool(Priority::Low).threads, 3);
+        assert_eq!(config.worker.priorities, [Priority::High, Priority::Low]);
+        assert_eq!(config.worker.metrics_addr, MetricsAddr(None));
+        let bad = [("RENO_WORKER_MAX_DELIVERIES".to_string(), "many".to_string())];
+        let message = config.apply_env(bad).unwrap_err().to_string();
+        assert!(message.contains("RENO_WORKER_MAX_DELIVERIES"), "{message}");
+        assert!(message.contains("invalid type: string \"many\", expected i64"), "{message}");
+    }
+
+    #[test]
+    fn the_defaults_read_back_from_their_own_file() {
+        let text = Config::default().to_toml();
+        let again = Config::from_toml(&text).unwrap();
+        assert_eq!(again.to_toml(), text);
+        again.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key_and_what_is_accepted() {
+        let cases = [
+            ("[worker]\nmax_delivries = 3\n", "unknown field `max_delivries`"),
+            ("[worker]\npriorities = [\"urgent\"]\n", "unknown variant `urgent`"),
+            ("[worker]\nmetrics_addr = \"nowhere\"\n", "\"nowhere\" is not HOST:PORT or off"),
+            ("[streams]\nreplicas = \"three\"\n", "invalid type"),
+        ];
+        for (text, expected) in cases {
+            let message = Config::from_toml(text).unwrap_err();
+            assert!(message.contains(expected), "{message:?} should contain {expected:?}");
+        }
+        let invalid = [
+            ("[worker]\nmax_deliveries = 0\n", "worker.max_deliveries: must be at least 1"),
+            ("[streams]\nreplicas = 7\n", "streams.replicas: use 1 to 5"),
+            ("[worker.high]\nconcurrency = 0\nthreads = 1\n", "worker.high: concurrency and threads"),
+            ("[streams]\nhistory_max_bytes = 10\n", "streams.history_max_bytes: 10 is too small"),
+            ("[log]\nlevel = \"info,=[\"\n", "log.level:"),
+        ];
+        for (text, expected) in invalid {
+            let message = Config::from_toml(text).unwrap().validate().unwrap_err().to_string();
+            assert!(message.starts_with(expected), "{message:?} should start with {expected:?}");
+        }
+    }
+}
