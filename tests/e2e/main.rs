@@ -12,5 +12,6 @@ mod history_writes;
 mod local_run;
 mod pull;
 mod reconnect;
+mod registry;
 mod resilience;
 mod storage;

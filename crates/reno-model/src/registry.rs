@@ -81,18 +81,19 @@ pub struct Registry {
 }
 
 /// The file's shape, before validation.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegistryFile {
     device_types: Vec<String>,
     types: BTreeMap<String, TypeFile>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TypeFile {
     priority: Priority,
     stale_after_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     targets: Option<Vec<String>>,
     #[serde(default)]
     collapse: bool,
@@ -190,6 +191,48 @@ impl Registry {
     pub fn type_names(&self) -> String {
         join(self.types.keys())
     }
+
+    /// The registry as a registry file says it: reads back as the same registry.
+    pub fn to_toml(&self) -> String {
+        let names = |items: &[DeviceType]| items.iter().map(DeviceType::to_string).collect::<Vec<_>>();
+        let file = RegistryFile {
+            device_types: names(&self.device_types),
+            types: self
+                .types
+                .iter()
+                .map(|(name, spec)| {
+                    let type_file = TypeFile {
+                        priority: spec.priority,
+                        stale_after_secs: spec.stale_after.as_secs(),
+                        // Every device type is the default; say the targets only when they differ.
+                        targets: (spec.targets != self.device_types).then(|| names(&spec.targets)),
+                        collapse: spec.collapse,
+                    };
+                    (name.to_string(), type_file)
+                })
+                .collect(),
+        };
+        toml::to_string(&file).expect("a registry always serializes")
+    }
+
+    /// This registry with `event_type` added or replaced by `spec`, validated like a file.
+    pub fn with_type(&self, event_type: EventType, spec: TypeSpec) -> Result<Registry, RegistryError> {
+        let mut changed = self.clone();
+        changed.types.insert(event_type, spec);
+        Registry::from_toml(&changed.to_toml())
+    }
+
+    /// This registry without `event_type`; refused if it is the last type or unknown.
+    pub fn without_type(&self, event_type: &EventType) -> Result<Registry, RegistryError> {
+        let mut changed = self.clone();
+        if changed.types.remove(event_type).is_none() {
+            return Err(RegistryError::Invalid(format!(
+                "unknown event type {event_type}; known types: {}",
+                self.type_names()
+            )));
+        }
+        Registry::from_toml(&changed.to_toml())
+    }
 }
 
 /// Joins tokens with ", " for error messages.
@@ -224,6 +267,33 @@ mod tests {
         let low: Vec<_> = registry.types_of(Priority::Low).map(EventType::as_str).collect();
         assert_eq!(low, ["diagnostics"]);
         assert_eq!(registry.types_of(Priority::Normal).count(), 0);
+    }
+
+    #[test]
+    fn a_registry_reads_back_from_its_own_file() {
+        let registry = Registry::from_toml(SAMPLE).unwrap();
+        assert_eq!(Registry::from_toml(&registry.to_toml()).unwrap(), registry);
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../registry/events.toml");
+        let shipped = Registry::load(&shipped).unwrap();
+        assert_eq!(Registry::from_toml(&shipped.to_toml()).unwrap(), shipped);
+    }
+
+    #[test]
+    fn types_change_with_the_same_validation_as_a_file() {
+        let registry = Registry::from_toml(SAMPLE).unwrap();
+        let plan = EventType::new("plan_changed").unwrap();
+        let mut spec = registry.get(&plan).unwrap().clone();
+        spec.priority = Priority::Low;
+        spec.stale_after = Duration::from_secs(5);
+        let changed = registry.with_type(plan.clone(), spec.clone()).unwrap();
+        assert_eq!(changed.get(&plan), Some(&spec));
+        spec.targets = vec![DeviceType::new("watch").unwrap()];
+        let error = registry.with_type(plan.clone(), spec).unwrap_err().to_string();
+        assert!(error.contains("target watch is not in device_types"), "{error}");
+        let without = changed.without_type(&plan).unwrap();
+        assert!(without.get(&plan).is_none());
+        let last = without.without_type(&EventType::new("diagnostics").unwrap()).unwrap_err();
+        assert!(last.to_string().contains("no event types"), "{last}");
     }
 
     #[test]

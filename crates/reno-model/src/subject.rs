@@ -22,6 +22,10 @@ pub const DEAD_LETTER_STREAM: &str = "RENO_DEAD";
 pub const DEAD_LETTER_SUBJECTS: &str = "reno.dead.>";
 /// The KV bucket that keeps each device type's notification history.
 pub const HISTORY_BUCKET: &str = "RENO_HISTORY";
+/// The KV bucket that holds the current registry, watched by every worker.
+pub const REGISTRY_BUCKET: &str = "RENO_REGISTRY";
+/// The one key of the registry bucket.
+pub const REGISTRY_KEY: &str = "registry";
 /// The name of the pull service (NATS service API).
 pub const PULL_SERVICE: &str = "reno-pull";
 /// The subject pattern the pull service listens on.

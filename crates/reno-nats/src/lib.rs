@@ -1,13 +1,15 @@
 //! The NATS side of reno that every process shares: provisioning the JetStream topology from the
-//! registry (streams per priority, dead letters, the history bucket, durable consumers), connecting,
-//! and the publisher API services use. It may talk to NATS; it holds no pipeline logic.
+//! registry (streams per priority, dead letters, the history bucket, durable consumers), the registry
+//! where every process sees it, connecting, and the publisher API services use. It may talk to NATS; it holds no pipeline logic.
 
 #![forbid(unsafe_code)]
 
 pub mod connect;
 pub mod publisher;
+pub mod registry_store;
 pub mod topology;
 
 pub use connect::{connect, connect_patiently};
 pub use publisher::{PublishError, Publisher};
-pub use topology::{ProvisionError, Topology, provision};
+pub use registry_store::RegistryStoreError;
+pub use topology::{ProvisionError, Topology, apply_registry, provision};

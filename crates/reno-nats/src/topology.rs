@@ -14,6 +14,8 @@ use async_nats::jetstream::{
 };
 use reno_model::{Priority, Registry, subject};
 
+use crate::registry_store::{self, RegistryStoreError};
+
 /// Settings of the topology that are not in the registry: they depend on the deployment.
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -66,6 +68,8 @@ const STREAM_MAX_MESSAGE_BYTES: i32 = 1024 * 1024 - 64 * 1024;
 /// Which JetStream object could not be provisioned, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
+    #[error("cannot store the registry: {0}")]
+    Registry(#[from] RegistryStoreError),
     #[error("cannot provision stream {name}: {source}")]
     Stream { name: String, source: async_nats::Error },
     #[error("cannot provision the history bucket {HISTORY}: {source}", HISTORY = subject::HISTORY_BUCKET)]
@@ -110,16 +114,39 @@ fn priority_stream_config(topology: &Topology, priority: Priority, subjects: Vec
     }
 }
 
-/// Creates or updates every JetStream object reno needs. Safe to run any number of times.
-pub async fn provision(
+/// Makes `registry` the one every process uses, while everything runs: stores it (workers and the
+/// gateway watch it), then moves the streams' subjects to it. The streams must exist.
+pub async fn apply_registry(
     jetstream: &jetstream::Context,
     registry: &Registry,
-    topology: &Topology,
+    replicas: usize,
 ) -> Result<ProvisionReport, ProvisionError> {
-    // Two phases, because one subject may not be captured by two streams at once: first every
-    // existing stream lets go of the types that left its priority, then every stream takes its
-    // new set. In between, a moved type is refused at publish time (publishers retry); events a
-    // stream already holds stay there and its workers still deliver them.
+    // Stored first, so that workers know a new type before any event of it can be stored.
+    registry_store::store(jetstream, registry, replicas).await?;
+    release_moved_subjects(jetstream, registry).await?;
+    let mut report = ProvisionReport::default();
+    for priority in Priority::ALL {
+        let name = subject::priority_stream(priority);
+        let mut stream = jetstream.get_stream(&name).await.map_err(|source| stream_error(&name, source))?;
+        let current = stream.info().await.map_err(|source| stream_error(&name, source))?.config.clone();
+        let subjects = stream_subjects(registry, priority);
+        if current.subjects != subjects {
+            let config = stream::Config { subjects: subjects.clone(), ..current };
+            jetstream.update_stream(config).await.map_err(|source| stream_error(&name, source))?;
+        }
+        report.streams.push((name, subjects));
+    }
+    Ok(report)
+}
+
+/// The first of two phases, because one subject may not be captured by two streams at once: every
+/// existing stream lets go of the types that left its priority; then every stream can take its new
+/// set. In between, a moved type is refused at publish time (publishers retry); events a stream
+/// already holds stay there and its workers still deliver them.
+async fn release_moved_subjects(
+    jetstream: &jetstream::Context,
+    registry: &Registry,
+) -> Result<(), ProvisionError> {
     for priority in Priority::ALL {
         let name = subject::priority_stream(priority);
         let Ok(mut stream) = jetstream.get_stream(&name).await else {
@@ -137,7 +164,18 @@ pub async fn provision(
             jetstream.update_stream(config).await.map_err(|source| stream_error(&name, source))?;
         }
     }
+    Ok(())
+}
 
+/// Creates or updates every JetStream object reno needs, and stores `registry` as the one every
+/// process uses. Safe to run any number of times.
+pub async fn provision(
+    jetstream: &jetstream::Context,
+    registry: &Registry,
+    topology: &Topology,
+) -> Result<ProvisionReport, ProvisionError> {
+    registry_store::store(jetstream, registry, topology.replicas).await?;
+    release_moved_subjects(jetstream, registry).await?;
     let mut report = ProvisionReport::default();
     for priority in Priority::ALL {
         let subjects = stream_subjects(registry, priority);

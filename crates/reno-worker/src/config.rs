@@ -1,9 +1,9 @@
-//! What a worker process needs to know: where NATS is, the registry, which priorities it serves and
-//! how many events each may have in flight.
+//! What a worker process needs to know: where NATS is, which priorities it serves and how many events
+//! each may have in flight. The registry is not here: workers read it from NATS and follow it.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use reno_model::{Priority, Registry};
+use reno_model::Priority;
 
 /// The task pool of one priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +30,6 @@ impl PoolConfig {
 pub struct WorkerConfig {
     /// NATS server(s) of the hub, comma-separated.
     pub nats_url: String,
-    /// The event types and their gates.
-    pub registry: Arc<Registry>,
     /// The priorities this process serves, each with its task pool.
     pub pools: Vec<(Priority, PoolConfig)>,
     /// Deliveries of one event before a transient failure is taken as permanent and the event is
@@ -46,10 +44,9 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     /// A worker serving every priority with default pools.
-    pub fn new(nats_url: impl Into<String>, registry: Arc<Registry>) -> Self {
+    pub fn new(nats_url: impl Into<String>) -> Self {
         WorkerConfig {
             nats_url: nats_url.into(),
-            registry,
             pools: Priority::ALL
                 .into_iter()
                 .map(|priority| (priority, PoolConfig::default_for(priority)))

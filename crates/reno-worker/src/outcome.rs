@@ -11,6 +11,8 @@ pub const DEAD_LETTERS_METRIC: &str = "reno_worker_dead_letters_total";
 /// Counter of retried deliveries by priority and reason (`history_full`, `unavailable`,
 /// `contention`, `unknown_type`, `unreadable_entry`, `dead_letter_failed`).
 pub const RETRIES_METRIC: &str = "reno_worker_retries_total";
+/// Counter of registry changes a worker process has taken on since it started.
+pub const REGISTRY_UPDATES_METRIC: &str = "reno_worker_registry_updates_total";
 /// Histogram of seconds from the server receiving an event to the worker acking it.
 pub const LATENCY_METRIC: &str = "reno_worker_event_seconds";
 

@@ -11,6 +11,7 @@ use reno_model::{
     DeviceType, Envelope, InvalidEvent, Notification, Priority, Registry, Route, subject::history_key,
 };
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use tracing::{Instrument, debug, warn};
 
 use crate::{
@@ -23,7 +24,8 @@ use crate::{
 /// Everything one priority's tasks share.
 pub(crate) struct Pipeline {
     pub priority: Priority,
-    pub registry: Arc<Registry>,
+    /// The current registry, replaced whenever it changes in NATS.
+    pub registry: watch::Receiver<Arc<Registry>>,
     /// Core NATS, for pushes to devices.
     pub client: async_nats::Client,
     /// JetStream, for dead letters.
@@ -139,10 +141,12 @@ impl Pipeline {
     ) -> Result<Outcome, Failure> {
         let envelope =
             Envelope::decode_from(message.subject.as_str(), &message.payload).map_err(Failure::Permanent)?;
-        let route = envelope.route(&self.registry).map_err(|invalid| match invalid {
+        let registry = self.registry.borrow().clone();
+        let route = envelope.route(&registry).map_err(|invalid| match invalid {
             // The stream only captures provisioned types, so a type this worker does not know
-            // means its registry is older than the provisioned one: a restart with the new
-            // registry fixes it, so wait for that instead of dead-lettering at once.
+            // means the registry changed an instant ago and this worker has not seen it yet (or
+            // the type was removed while events of it waited): retry instead of dead-lettering at
+            // once.
             InvalidEvent::UnknownType { .. } => Failure::transient("unknown_type", invalid),
             permanent => Failure::Permanent(permanent),
         })?;

@@ -9,7 +9,7 @@ use async_nats::jetstream::{
     consumer::{PullConsumer, pull::MessagesError},
 };
 use futures::StreamExt;
-use reno_model::{Priority, subject};
+use reno_model::{Priority, Registry, subject};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -29,16 +29,25 @@ pub enum WorkerError {
     Runtime { priority: Priority, source: std::io::Error },
     #[error("priority {priority}: its pipeline stopped unexpectedly")]
     Stopped { priority: Priority },
+    #[error("cannot read the registry: {0}")]
+    Registry(reno_nats::RegistryStoreError),
 }
 
 /// Runs the pipelines of every configured priority until `shutdown` completes, then drains them.
-/// Returns early with an error if a priority cannot start.
+/// Returns early with an error if a priority cannot start or the registry cannot be read.
 pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    tokio::pin!(shutdown);
+    let registry = tokio::select! {
+        registry = follow_registry(&config.nats_url) => registry?,
+        // Told to stop before NATS was ever reached: nothing in flight, nothing to drain.
+        () = &mut shutdown => return Ok(()),
+    };
     let (stop_sender, stop_receiver) = watch::channel(false);
     let (done_sender, mut done_receiver) = mpsc::unbounded_channel();
     let mut threads = Vec::new();
     for (priority, pool) in config.pools.clone() {
         let config = config.clone();
+        let registry = registry.clone();
         let stop = stop_receiver.clone();
         let done = done_sender.clone();
         let thread = std::thread::Builder::new()
@@ -50,7 +59,9 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Re
                     .enable_all()
                     .build()
                     .map_err(|source| WorkerError::Runtime { priority, source })
-                    .and_then(|runtime| runtime.block_on(run_priority(&config, priority, pool, stop)));
+                    .and_then(|runtime| {
+                        runtime.block_on(run_priority(&config, registry, priority, pool, stop))
+                    });
                 let _ = done.send((priority, result));
             })
             .map_err(|source| WorkerError::Runtime { priority, source })?;
@@ -58,7 +69,6 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     drop(done_sender);
 
-    tokio::pin!(shutdown);
     let mut first_error = None;
     tokio::select! {
         () = &mut shutdown => {}
@@ -78,8 +88,48 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Re
     first_error.map_or(Ok(()), Err)
 }
 
+/// Reads the registry from NATS and keeps following it: every change is in the receiver at once,
+/// for the next event each priority handles.
+async fn follow_registry(nats_url: &str) -> Result<watch::Receiver<Arc<Registry>>, WorkerError> {
+    let client = reno_nats::connect_patiently(nats_url, "reno-worker-registry").await;
+    let jetstream = jetstream::new(client);
+    let registry = reno_nats::registry_store::load(&jetstream).await.map_err(WorkerError::Registry)?;
+    info!(types = registry.type_names(), "registry read");
+    let (sender, receiver) = watch::channel(Arc::new(registry));
+    tokio::spawn(async move {
+        loop {
+            match reno_nats::registry_store::watch(&jetstream).await {
+                Ok(updates) => {
+                    let mut updates = std::pin::pin!(updates);
+                    while let Some(update) = updates.next().await {
+                        match update {
+                            // The first one is the registry already read, unless it just changed.
+                            Ok(registry) if **sender.borrow() == registry => {}
+                            Ok(registry) => {
+                                info!(types = registry.type_names(), "registry changed");
+                                metrics::counter!(outcome::REGISTRY_UPDATES_METRIC).increment(1);
+                                if sender.send(Arc::new(registry)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(error) => warn!(%error, "registry update ignored"),
+                        }
+                    }
+                }
+                Err(error) => warn!(%error, "cannot watch the registry"),
+            }
+            if sender.is_closed() {
+                return;
+            }
+            tokio::time::sleep(reno_nats::registry_store::REWATCH_DELAY).await;
+        }
+    });
+    Ok(receiver)
+}
+
 async fn run_priority(
     config: &WorkerConfig,
+    registry: watch::Receiver<Arc<Registry>>,
     priority: Priority,
     pool: PoolConfig,
     mut stop: watch::Receiver<bool>,
@@ -110,7 +160,7 @@ async fn run_priority(
         let history = History::new(jetstream.clone(), history_stream);
         let pipeline = Arc::new(Pipeline {
             priority,
-            registry: config.registry.clone(),
+            registry,
             client: client.clone(),
             jetstream,
             history,

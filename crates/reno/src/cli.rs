@@ -39,9 +39,49 @@ pub enum Command {
     Publish(PublishArgs),
     /// Watch as a device: push over websocket plus pull catch-up, one JSON line per notification.
     Device(DeviceArgs),
+    /// Show or change the event-type registry every process follows, without restarting anything.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
     /// Check the configuration (file, environment, flags) without starting anything.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+pub enum RegistryCommand {
+    /// Print the registry in force, as a registry file.
+    Show,
+    /// Make a registry file the one in force (validated first).
+    Apply {
+        /// The registry file (TOML).
+        file: PathBuf,
+    },
+    /// Add an event type, or change some of its settings.
+    Set(SetTypeArgs),
+    /// Remove an event type (its events still waiting are retried, then dead-lettered).
+    Remove {
+        #[arg(value_name = "TYPE")]
+        event_type: EventType,
+    },
+}
+
+#[derive(Args)]
+pub struct SetTypeArgs {
+    /// The event type.
+    #[arg(value_name = "TYPE")]
+    pub event_type: EventType,
+    /// Its priority: high, normal or low (required for a new type).
+    #[arg(long)]
+    pub priority: Option<Priority>,
+    /// Seconds after which a worker drops it as stale (required for a new type).
+    #[arg(long)]
+    pub stale_after_secs: Option<u64>,
+    /// The device types it reaches (repeat the flag); default for a new type: all.
+    #[arg(long = "target", value_name = "DEVICE_TYPE")]
+    pub targets: Vec<DeviceType>,
+    /// Whether events with the same collapse key replace each other.
+    #[arg(long)]
+    pub collapse: Option<bool>,
 }
 
 #[derive(Subcommand)]
@@ -76,7 +116,7 @@ impl Cli {
                     config.registry.path = path.clone();
                 }
             }
-            Command::Device(_) | Command::Config(_) => {}
+            Command::Registry(_) | Command::Device(_) | Command::Config(_) => {}
         }
         config.validate()?;
         Ok(config)
@@ -168,8 +208,6 @@ impl ProvisionArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
-    #[command(flatten)]
-    pub registry: RegistryArgs,
     /// Priorities this process serves (repeat the flag) [config: worker.priorities].
     #[arg(long = "priority", value_name = "PRIORITY")]
     pub priorities: Vec<Priority>,
@@ -192,7 +230,6 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     fn apply(&self, config: &mut Config) {
         self.connect.apply(config);
-        self.registry.apply(config);
         if !self.priorities.is_empty() {
             config.worker.priorities = self.priorities.clone();
         }

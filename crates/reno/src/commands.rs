@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::{
-    cli::{Command, ConfigCommand, DeviceArgs, PublishArgs, UpArgs},
+    cli::{Command, ConfigCommand, DeviceArgs, PublishArgs, RegistryCommand, SetTypeArgs, UpArgs},
     config::{Config, MetricsAddr},
 };
 
@@ -34,6 +34,7 @@ pub async fn run(command: Command, config: Config) -> Result<()> {
         }
         Command::Publish(args) => publish(args, &config).await,
         Command::Device(args) => device(args).await,
+        Command::Registry(command) => registry(command, &config).await,
         Command::Config(ConfigCommand::Check) => {
             print!("{}", config.to_toml());
             eprintln!("config ok");
@@ -55,6 +56,62 @@ async fn provision(config: &Config) -> Result<()> {
         info!(stream, subjects = subjects.join(" "), "stream provisioned");
     }
     Ok(())
+}
+
+/// Shows or changes the registry every process follows, while everything runs.
+async fn registry(command: RegistryCommand, config: &Config) -> Result<()> {
+    let client = connect(&config.nats.url, "reno-registry").await?;
+    let jetstream = async_nats::jetstream::new(client);
+    let current = reno_nats::registry_store::load(&jetstream).await;
+    let changed = match command {
+        RegistryCommand::Show => {
+            print!("{}", current?.to_toml());
+            return Ok(());
+        }
+        RegistryCommand::Apply { file } => Registry::load(&file)?,
+        RegistryCommand::Set(args) => set_type(&current?, args)?,
+        RegistryCommand::Remove { event_type } => current?.without_type(&event_type)?,
+    };
+    let report = reno_nats::apply_registry(&jetstream, &changed, config.streams.replicas).await?;
+    for (stream, subjects) in report.streams {
+        info!(stream, subjects = subjects.join(" "), "stream follows the registry");
+    }
+    eprintln!("registry applied: {}", changed.type_names());
+    Ok(())
+}
+
+/// The registry with one type added or changed by the flags given.
+fn set_type(registry: &Registry, args: SetTypeArgs) -> Result<Registry> {
+    let spec = match registry.get(&args.event_type) {
+        Some(spec) => reno_model::TypeSpec {
+            priority: args.priority.unwrap_or(spec.priority),
+            stale_after: args.stale_after_secs.map_or(spec.stale_after, Duration::from_secs),
+            targets: if args.targets.is_empty() { spec.targets.clone() } else { args.targets },
+            collapse: args.collapse.unwrap_or(spec.collapse),
+        },
+        None => {
+            let (Some(priority), Some(stale_after_secs)) = (args.priority, args.stale_after_secs) else {
+                bail!(
+                    "{} is a new event type: give at least --priority and --stale-after-secs",
+                    args.event_type
+                );
+            };
+            reno_model::TypeSpec {
+                priority,
+                stale_after: Duration::from_secs(stale_after_secs),
+                targets: if args.targets.is_empty() {
+                    registry.device_types().to_vec()
+                } else {
+                    args.targets
+                },
+                collapse: args.collapse.unwrap_or(false),
+            }
+        }
+    };
+    if spec.stale_after.is_zero() {
+        bail!("--stale-after-secs must be above 0");
+    }
+    Ok(registry.with_type(args.event_type, spec)?)
 }
 
 async fn up(args: UpArgs, config: &Config) -> Result<()> {
@@ -89,8 +146,7 @@ async fn worker(config: &Config) -> Result<()> {
 /// Runs the workers of the configured priorities until a signal, then gives in-flight events the
 /// grace period to finish.
 async fn run_worker(config: &Config, stop: &Shutdown) -> Result<()> {
-    let registry = load_registry(&config.registry.path)?;
-    let mut worker_config = WorkerConfig::new(config.nats.url.clone(), registry);
+    let mut worker_config = WorkerConfig::new(config.nats.url.clone());
     worker_config.max_deliveries = config.worker.max_deliveries;
     worker_config.pools =
         config.worker.priorities.iter().map(|priority| (*priority, config.pool(*priority))).collect();
