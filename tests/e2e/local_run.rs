@@ -2,7 +2,12 @@
 //! device` watches as a device and `reno publish` sends an event; and a worker told to stop drains
 //! what it holds and exits cleanly.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use futures::StreamExt;
 
 use reno_testkit::Process;
 
@@ -68,6 +73,9 @@ async fn heavy_a_terminated_worker_drains_and_exits_cleanly() {
         published.insert(update.id.to_string());
         stack.publisher().publish(&update).await.unwrap();
     }
+    // Counts every push of every event: an event acked by the first worker and delivered again by
+    // the second would be pushed twice.
+    let mut pushes = stack.client.subscribe("reno.ntf.rose.mobile").await.unwrap();
     let first = stack.start_worker(&["--priority", "normal", "--concurrency", "normal=8"]);
     let mut received = BTreeSet::new();
     while received.len() < 200 {
@@ -79,9 +87,23 @@ async fn heavy_a_terminated_worker_drains_and_exits_cleanly() {
     assert!(clean, "the worker failed after SIGTERM:\n{output}");
     assert!(output.contains("worker stopped"), "the worker did not drain:\n{output}");
 
-    stack.start_worker(&["--priority", "normal"]);
+    let second = stack.start_worker(&["--priority", "normal"]);
     while received.len() < published.len() {
         received.insert(next_notification(&mut mobile).await.id.to_string());
     }
     assert_eq!(received, published);
+
+    // What the second worker received, it delivered: nothing came back to it that was done.
+    let taken = stack.counter(second, "reno_worker_events_total", &[("outcome", "received")]).await;
+    let delivered = stack.counter(second, "reno_worker_events_total", &[("outcome", "delivered")]).await;
+    assert!(taken < 1800, "the second worker took {taken} events: the first left too many");
+    assert_eq!(taken, delivered);
+    let mut pushed: BTreeMap<String, usize> = BTreeMap::new();
+    while let Ok(Some(push)) = tokio::time::timeout(Duration::from_millis(200), pushes.next()).await {
+        let notification = reno_model::Notification::decode(&push.payload).unwrap();
+        *pushed.entry(notification.id.to_string()).or_default() += 1;
+    }
+    assert_eq!(pushed.len(), 2000);
+    let repeated: Vec<_> = pushed.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(repeated.is_empty(), "pushed more than once: {repeated:?}");
 }
