@@ -8,6 +8,7 @@ mod config;
 mod dead_letters;
 mod delivery;
 mod gates;
+mod health;
 mod history_writes;
 mod local_run;
 mod pull;

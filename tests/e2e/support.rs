@@ -101,7 +101,7 @@ impl Stack {
     pub fn start_worker(&mut self, flags: &[&str]) -> usize {
         let port = free_port();
         let metrics = format!("127.0.0.1:{port}");
-        let mut args = vec!["worker", "--metrics-addr", &metrics];
+        let mut args = vec!["worker", "--admin-addr", &metrics];
         args.extend_from_slice(flags);
         let process = Process::spawn(self.reno(&args)).expect("start reno worker");
         self.processes.push((process, port));
@@ -125,7 +125,7 @@ impl Stack {
     pub async fn start_pull_service(&mut self) -> usize {
         let port = free_port();
         let metrics = format!("127.0.0.1:{port}");
-        let process = Process::spawn(self.reno(&["pull-service", "--metrics-addr", &metrics]))
+        let process = Process::spawn(self.reno(&["pull-service", "--admin-addr", &metrics]))
             .expect("start reno pull-service");
         self.processes.push((process, port));
         self.wait_for_pull_service().await;
@@ -164,6 +164,11 @@ impl Stack {
 
     pub fn process_mut(&mut self, index: usize) -> &mut Process {
         &mut self.processes[index].0
+    }
+
+    /// The admin port of a started process.
+    pub fn admin_port(&self, index: usize) -> u16 {
+        self.processes[index].1
     }
 
     /// One counter of a worker's metrics (0 while it has not been counted yet).
@@ -301,19 +306,22 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// GET /metrics over a plain TCP connection; empty while the exporter is not up yet.
+/// GET /metrics over a plain TCP connection; empty while the admin listener is not up yet.
 fn scrape(port: u16) -> String {
+    http_get(port, "/metrics").map(|(_, body)| body).unwrap_or_default()
+}
+
+/// A plain HTTP GET on loopback: the status and the body, or `None` while nothing listens.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    if stream.write_all(request.as_bytes()).is_err() {
-        return String::new();
-    }
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Some((status, body))
 }
 
 /// Sums the samples of a Prometheus counter whose labels include all of `labels`.

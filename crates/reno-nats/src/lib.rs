@@ -6,6 +6,7 @@
 
 pub mod connect;
 pub mod publisher;
+pub mod readiness;
 pub mod registry_store;
 pub mod topology;
 

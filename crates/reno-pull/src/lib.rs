@@ -9,4 +9,4 @@ mod history;
 mod service;
 
 pub use history::{HistoryError, HistoryReader};
-pub use service::{PullServiceError, run};
+pub use service::{PullServiceError, needs, run};

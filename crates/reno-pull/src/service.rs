@@ -25,6 +25,11 @@ pub enum PullServiceError {
     Start(async_nats::Error),
 }
 
+/// The JetStream objects the pull service cannot work without.
+pub fn needs() -> Vec<reno_nats::readiness::Needed> {
+    vec![reno_nats::readiness::Needed::Bucket(subject::HISTORY_BUCKET.to_owned())]
+}
+
 /// Serves pull requests on `client` until `shutdown` completes.
 pub async fn run(
     client: async_nats::Client,

@@ -9,10 +9,12 @@
 pub mod config;
 mod dead_letter;
 mod gates;
+#[cfg(test)]
+mod gates_properties;
 mod history;
 pub mod outcome;
 mod pipeline;
 mod runner;
 
 pub use config::{PoolConfig, WorkerConfig};
-pub use runner::{WorkerError, run};
+pub use runner::{WorkerError, needs, run};

@@ -10,6 +10,7 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 use reno_model::{Priority, Registry, subject};
+use reno_nats::readiness::Needed;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -86,6 +87,19 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Re
         let _ = thread.join();
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// The JetStream objects a worker serving `priorities` cannot work without.
+pub fn needs(priorities: &[Priority]) -> Vec<Needed> {
+    let mut needs = Vec::new();
+    for priority in priorities {
+        let stream = subject::priority_stream(*priority);
+        needs.push(Needed::Stream(stream.clone()));
+        needs.push(Needed::Consumer { stream, consumer: subject::WORKER_CONSUMER.to_owned() });
+    }
+    needs.push(Needed::Bucket(subject::HISTORY_BUCKET.to_owned()));
+    needs.push(Needed::Bucket(subject::REGISTRY_BUCKET.to_owned()));
+    needs
 }
 
 /// Reads the registry from NATS and keeps following it: every change is in the receiver at once,

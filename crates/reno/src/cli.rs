@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use reno_model::{CollapseKey, DeviceType, EventId, EventType, MemberId, Position, Priority};
 
-use crate::config::{Config, ConfigError, LogFormat, MetricsAddr};
+use crate::config::{AdminAddr, Config, ConfigError, LogFormat};
 
 #[derive(Parser)]
 #[command(name = "reno", version, about = "Rapid Event Notification System on NATS JetStream")]
@@ -246,9 +246,9 @@ impl WorkerArgs {
 
 #[derive(Args, Clone)]
 pub struct RunArgs {
-    /// Where Prometheus scrapes metrics (`/metrics`); `off` for none [config: worker.metrics_addr].
+    /// Where Prometheus scrapes metrics (`/metrics`); `off` for none [config: worker.admin_addr].
     #[arg(long)]
-    pub metrics_addr: Option<MetricsAddr>,
+    pub admin_addr: Option<AdminAddr>,
     /// Seconds to finish in-flight events after SIGTERM before exiting anyway (keep it below the
     /// scheduler's kill timeout) [config: worker.grace_secs].
     #[arg(long)]
@@ -257,7 +257,7 @@ pub struct RunArgs {
 
 impl RunArgs {
     fn apply(&self, config: &mut Config) {
-        set(&mut config.worker.metrics_addr, self.metrics_addr);
+        set(&mut config.worker.admin_addr, self.admin_addr);
         set(&mut config.worker.grace_secs, self.grace_secs);
     }
 }
@@ -266,15 +266,15 @@ impl RunArgs {
 pub struct PullServiceArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// Where Prometheus scrapes metrics (`/metrics`); `off` for none [config: pull.metrics_addr].
+    /// Where Prometheus scrapes metrics (`/metrics`); `off` for none [config: pull.admin_addr].
     #[arg(long)]
-    pub metrics_addr: Option<MetricsAddr>,
+    pub admin_addr: Option<AdminAddr>,
 }
 
 impl PullServiceArgs {
     fn apply(&self, config: &mut Config) {
         self.connect.apply(config);
-        set(&mut config.pull.metrics_addr, self.metrics_addr);
+        set(&mut config.pull.admin_addr, self.admin_addr);
     }
 }
 

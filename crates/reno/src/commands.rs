@@ -15,8 +15,9 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::{
+    admin,
     cli::{Command, ConfigCommand, DeviceArgs, PublishArgs, RegistryCommand, SetTypeArgs, UpArgs},
-    config::{Config, MetricsAddr},
+    config::{AdminAddr, Config},
 };
 
 /// Runs one subcommand with the configuration it resolved to.
@@ -26,9 +27,9 @@ pub async fn run(command: Command, config: Config) -> Result<()> {
         Command::Provision(_) => provision(&config).await,
         Command::Worker(_) => worker(&config).await,
         Command::PullService(_) => {
-            start_metrics(config.pull.metrics_addr)?;
-            let client = reno_nats::connect_patiently(&config.nats.url, "reno-pull").await;
             let stop = Shutdown::on_signal();
+            start_admin(config.pull.admin_addr, &config, "reno-pull", reno_pull::needs(), &stop).await?;
+            let client = reno_nats::connect_patiently(&config.nats.url, "reno-pull").await;
             reno_pull::run(client, stop.wait()).await?;
             Ok(())
         }
@@ -117,8 +118,10 @@ fn set_type(registry: &Registry, args: SetTypeArgs) -> Result<Registry> {
 async fn up(args: UpArgs, config: &Config) -> Result<()> {
     provision(config).await?;
     let nats_url = config.nats.url.clone();
-    let metrics = start_metrics(config.worker.metrics_addr)?;
     let stop = Shutdown::on_signal();
+    let mut needs = reno_worker::needs(&config.worker.priorities);
+    needs.extend(reno_pull::needs());
+    let admin = start_admin(config.worker.admin_addr, config, "reno-up", needs, &stop).await?;
     let pull_client = reno_nats::connect_patiently(&nats_url, "reno-pull").await;
     let pull = tokio::spawn(reno_pull::run(pull_client, stop.wait()));
     let program = std::env::args().next().unwrap_or_else(|| "reno".into());
@@ -129,8 +132,8 @@ async fn up(args: UpArgs, config: &Config) -> Result<()> {
     );
     println!("  devices connect to   {}", args.websocket_url);
     println!("      try: {program} device --member m1 --device-type tv");
-    if let Some(address) = metrics {
-        println!("  metrics              http://{address}/metrics");
+    if let Some(address) = admin {
+        println!("  metrics and health   http://{address}/metrics  /livez  /readyz");
     }
     run_worker(config, &stop).await?;
     pull.await??;
@@ -138,8 +141,9 @@ async fn up(args: UpArgs, config: &Config) -> Result<()> {
 }
 
 async fn worker(config: &Config) -> Result<()> {
-    start_metrics(config.worker.metrics_addr)?;
     let stop = Shutdown::on_signal();
+    let needs = reno_worker::needs(&config.worker.priorities);
+    start_admin(config.worker.admin_addr, config, "reno-worker", needs, &stop).await?;
     run_worker(config, &stop).await
 }
 
@@ -164,12 +168,19 @@ async fn run_worker(config: &Config, stop: &Shutdown) -> Result<()> {
     }
 }
 
-fn start_metrics(metrics_addr: MetricsAddr) -> Result<Option<std::net::SocketAddr>> {
-    let Some(address) = metrics_addr.0 else { return Ok(None) };
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(address)
-        .install()
-        .with_context(|| format!("cannot serve metrics on {address}"))?;
+/// Starts counting metrics and, unless `address` is `off`, serves them with the health endpoints
+/// until the shutdown; returns where.
+async fn start_admin(
+    address: AdminAddr,
+    config: &Config,
+    name: &str,
+    needs: Vec<reno_nats::readiness::Needed>,
+    stop: &Shutdown,
+) -> Result<Option<std::net::SocketAddr>> {
+    let metrics = admin::install_metrics()?;
+    let Some(address) = address.0 else { return Ok(None) };
+    let server = admin::serve(address, metrics, &config.nats.url, name, needs, stop.wait()).await?;
+    tokio::spawn(server);
     Ok(Some(address))
 }
 

@@ -83,7 +83,7 @@ pub struct WorkerSection {
     pub grace_secs: u64,
     /// Where Prometheus scrapes the worker's metrics (`/metrics`); `off` for none. `reno up`
     /// serves everything's metrics here.
-    pub metrics_addr: MetricsAddr,
+    pub admin_addr: AdminAddr,
     pub high: PoolSection,
     pub normal: PoolSection,
     pub low: PoolSection,
@@ -104,7 +104,7 @@ pub struct PoolSection {
 #[serde(default, deny_unknown_fields)]
 pub struct PullSection {
     /// Where Prometheus scrapes a separate pull service's metrics; `off` for none.
-    pub metrics_addr: MetricsAddr,
+    pub admin_addr: AdminAddr,
 }
 
 /// What every process logs, to stderr.
@@ -126,22 +126,22 @@ pub enum LogFormat {
 
 /// A listen address for metrics, or none (`off`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetricsAddr(pub Option<SocketAddr>);
+pub struct AdminAddr(pub Option<SocketAddr>);
 
-impl std::str::FromStr for MetricsAddr {
+impl std::str::FromStr for AdminAddr {
     type Err = String;
     fn from_str(value: &str) -> Result<Self, String> {
         if value == "off" {
-            return Ok(MetricsAddr(None));
+            return Ok(AdminAddr(None));
         }
         value
             .parse()
-            .map(|addr| MetricsAddr(Some(addr)))
+            .map(|addr| AdminAddr(Some(addr)))
             .map_err(|_| format!("{value:?} is not HOST:PORT or off"))
     }
 }
 
-impl std::fmt::Display for MetricsAddr {
+impl std::fmt::Display for AdminAddr {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
             Some(address) => write!(formatter, "{address}"),
@@ -150,13 +150,13 @@ impl std::fmt::Display for MetricsAddr {
     }
 }
 
-impl Serialize for MetricsAddr {
+impl Serialize for AdminAddr {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }
 }
 
-impl<'de> Deserialize<'de> for MetricsAddr {
+impl<'de> Deserialize<'de> for AdminAddr {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)
@@ -201,7 +201,7 @@ impl Default for WorkerSection {
             priorities: Priority::ALL.to_vec(),
             max_deliveries: 10,
             grace_secs: 20,
-            metrics_addr: MetricsAddr(Some(([127, 0, 0, 1], 9464).into())),
+            admin_addr: AdminAddr(Some(([127, 0, 0, 1], 9464).into())),
             high: pool(Priority::High),
             normal: pool(Priority::Normal),
             low: pool(Priority::Low),
@@ -211,7 +211,7 @@ impl Default for WorkerSection {
 
 impl Default for PullSection {
     fn default() -> Self {
-        PullSection { metrics_addr: MetricsAddr(Some(([127, 0, 0, 1], 9465).into())) }
+        PullSection { admin_addr: AdminAddr(Some(([127, 0, 0, 1], 9465).into())) }
     }
 }
 
@@ -411,7 +411,7 @@ mod tests {
             ("RENO_WORKER_MAX_DELIVERIES", "4"),
             ("RENO_WORKER_LOW_THREADS", "3"),
             ("RENO_WORKER_PRIORITIES", "high, low"),
-            ("RENO_WORKER_METRICS_ADDR", "off"),
+            ("RENO_WORKER_ADMIN_ADDR", "off"),
             ("HOME", "/root"),
         ];
         config.apply_env(env.iter().map(|(name, value)| (name.to_string(), value.to_string()))).unwrap();
@@ -419,7 +419,7 @@ mod tests {
         assert_eq!(config.worker.max_deliveries, 4);
         assert_eq!(config.pool(Priority::Low).threads, 3);
         assert_eq!(config.worker.priorities, [Priority::High, Priority::Low]);
-        assert_eq!(config.worker.metrics_addr, MetricsAddr(None));
+        assert_eq!(config.worker.admin_addr, AdminAddr(None));
         let bad = [("RENO_WORKER_MAX_DELIVERIES".to_string(), "many".to_string())];
         let message = config.apply_env(bad).unwrap_err().to_string();
         assert!(message.contains("RENO_WORKER_MAX_DELIVERIES"), "{message}");
@@ -439,7 +439,7 @@ mod tests {
         let cases = [
             ("[worker]\nmax_delivries = 3\n", "unknown field `max_delivries`"),
             ("[worker]\npriorities = [\"urgent\"]\n", "unknown variant `urgent`"),
-            ("[worker]\nmetrics_addr = \"nowhere\"\n", "\"nowhere\" is not HOST:PORT or off"),
+            ("[worker]\nadmin_addr = \"nowhere\"\n", "\"nowhere\" is not HOST:PORT or off"),
             ("[streams]\nreplicas = \"three\"\n", "invalid type"),
         ];
         for (text, expected) in cases {
