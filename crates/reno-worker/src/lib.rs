@@ -9,8 +9,6 @@
 pub mod config;
 mod dead_letter;
 mod gates;
-#[cfg(test)]
-mod gates_properties;
 mod history;
 pub mod outcome;
 mod pipeline;
