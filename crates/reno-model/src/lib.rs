@@ -14,7 +14,7 @@ pub mod token;
 pub use envelope::{Envelope, InvalidEvent, Route};
 pub use notification::{Notification, Position, PullPage, PullRequest};
 pub use registry::{Priority, Registry, RegistryError, TypeSpec};
-pub use token::{CollapseKey, DeviceType, EventId, EventType, MemberId, TokenError};
+pub use token::{CollapseKey, DeviceId, DeviceType, EventId, EventType, MemberId, TokenError};
 
 /// Re-exported so that users of the model can build payloads without naming ciborium themselves.
 pub use ciborium::Value;

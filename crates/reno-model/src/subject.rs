@@ -7,11 +7,12 @@
 //! | `reno.ntf.<member>.<device_type>`    | notifications pushed to online devices (core)    |
 //! | `reno.pull.<member>.<device_type>`   | pull requests from devices (request/reply)       |
 //! | `reno.dead.<priority>.<reason>`      | dead letters (JetStream, `RENO_DEAD`)            |
+//! | `reno.presence.<member>.<device_type>.<device_id>` | a device announcing it is online |
 
 use crate::{
     envelope::InvalidEvent,
     registry::Priority,
-    token::{DeviceType, EventType, MemberId},
+    token::{DeviceId, DeviceType, EventType, MemberId},
 };
 
 /// Prefix of every event subject.
@@ -67,6 +68,31 @@ pub fn push_subject(member: &MemberId, device_type: &DeviceType) -> String {
 /// `reno.pull.<member>.<device_type>`: where a device asks for what it missed.
 pub fn pull_subject(member: &MemberId, device_type: &DeviceType) -> String {
     format!("reno.pull.{member}.{device_type}")
+}
+
+/// `_INBOX.<member>.<device_type>.<device_id>`: the only prefix a device may receive replies on
+/// (its NATS client's inbox prefix), so that no device can read another's pull replies.
+pub fn device_inbox_prefix(member: &MemberId, device_type: &DeviceType, device_id: &DeviceId) -> String {
+    format!("_INBOX.{member}.{device_type}.{device_id}")
+}
+
+/// `reno.presence.<member>.<device_type>.<device_id>`: where a device announces that it is online.
+pub fn presence_subject(member: &MemberId, device_type: &DeviceType, device_id: &DeviceId) -> String {
+    format!("reno.presence.{member}.{device_type}.{device_id}")
+}
+
+/// Every presence announcement.
+pub const PRESENCE_SUBJECTS: &str = "reno.presence.*.*.*";
+
+/// Reads member, device type and device id back out of a presence subject.
+pub fn parse_presence_subject(subject: &str) -> Option<(MemberId, DeviceType, DeviceId)> {
+    let mut tokens = subject.strip_prefix("reno.presence.")?.split('.');
+    let (Some(member), Some(device_type), Some(device_id), None) =
+        (tokens.next(), tokens.next(), tokens.next(), tokens.next())
+    else {
+        return None;
+    };
+    Some((MemberId::new(member).ok()?, DeviceType::new(device_type).ok()?, DeviceId::new(device_id).ok()?))
 }
 
 /// Reads member and device type back out of a pull subject.
@@ -146,6 +172,20 @@ mod tests {
         assert_eq!(parse_pull_subject(&pull_subject(&member, &device)), Some((member, device)));
         assert_eq!(parse_pull_subject("reno.pull.m1.tv.x"), None);
         assert_eq!(parse_pull_subject("reno.pull.m1"), None);
+    }
+
+    #[test]
+    fn device_subjects_round_trip() {
+        let member = MemberId::new("m1").unwrap();
+        let device = DeviceType::new("tv").unwrap();
+        let id = DeviceId::new("d-7").unwrap();
+        assert_eq!(device_inbox_prefix(&member, &device, &id), "_INBOX.m1.tv.d-7");
+        let presence = presence_subject(&member, &device, &id);
+        assert_eq!(presence, "reno.presence.m1.tv.d-7");
+        assert_eq!(parse_presence_subject(&presence), Some((member, device, id)));
+        assert_eq!(parse_presence_subject("reno.presence.m1.tv"), None);
+        assert_eq!(parse_presence_subject("reno.presence.m1.tv.d.x"), None);
+        assert_eq!(parse_presence_subject("reno.presence.m1.tv.*"), None);
     }
 
     #[test]

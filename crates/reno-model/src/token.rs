@@ -124,6 +124,12 @@ token_type!(
     CollapseKey,
     "collapse key"
 );
+token_type!(
+    /// One device of a member, as the operator's identity system names it in the device's token;
+    /// unique within the member.
+    DeviceId,
+    "device id"
+);
 
 #[cfg(test)]
 mod tests {
