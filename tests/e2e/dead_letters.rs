@@ -34,8 +34,9 @@ fn nested(depth: usize) -> Value {
 async fn bad_events_are_dead_lettered_with_their_reason() {
     let mut stack = Stack::start().await;
     let worker = stack.start_all().await;
-    // Sees every push to every device.
+    // Sees every push to every device; judy's tv is online, so her pushes go out.
     let mut spy = stack.client.subscribe("reno.ntf.>").await.unwrap();
+    stack.announce("judy", "tv").await;
 
     let raw = |subject: &str, bytes: Vec<u8>| {
         let jetstream = stack.jetstream.clone();
@@ -87,6 +88,7 @@ async fn unknown_types_and_unsafe_members_are_refused_at_the_door() {
     let mut stack = Stack::start().await;
     let worker = stack.start_all().await;
     let mut spy = stack.client.subscribe("reno.ntf.>").await.unwrap();
+    stack.announce("judy", "tv").await;
 
     // The Rust API: an unknown type is refused by the server, at once and with the reason.
     let error = stack.publisher().publish(&event("title_watched", "judy", Value::Null)).await.unwrap_err();

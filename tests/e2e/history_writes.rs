@@ -46,7 +46,9 @@ async fn write_entry(stack: &Stack, key: &str, value: Vec<u8>, source: Option<&s
 #[tokio::test]
 async fn a_write_stored_although_its_answer_was_lost_is_still_pushed() {
     let mut stack = Stack::start_with(Some(REGISTRY), &[]).await;
+    stack.start_pull_service().await;
     let mut spy = stack.client.subscribe("reno.ntf.ivan.tv").await.unwrap();
+    stack.announce("ivan", "tv").await;
     let envelope = event("lasting", "ivan", text("hello"));
     let published = stack.publisher().publish(&envelope).await.unwrap();
     // What an attempt whose history write timed out leaves behind: the entry is there, written from

@@ -11,6 +11,7 @@ mod gates;
 mod health;
 mod history_writes;
 mod local_run;
+mod presence;
 mod pull;
 mod reconnect;
 mod registry;

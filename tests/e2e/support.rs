@@ -13,7 +13,8 @@ use std::{
 use async_nats::jetstream;
 use reno_device::{Device, DeviceConfig, DeviceEvent};
 use reno_model::{
-    DeviceType, Envelope, EventId, EventType, MemberId, Notification, Position, PullPage, PullRequest, Value,
+    DeviceId, DeviceType, Envelope, EventId, EventType, MemberId, Notification, Position, PullPage,
+    PullRequest, Value,
 };
 use reno_nats::Publisher;
 use reno_testkit::{NatsServer, Process, repo_root};
@@ -30,8 +31,16 @@ pub struct Stack {
     registry: PathBuf,
     /// Holds a test's own registry file, if it has one.
     _registry_dir: Option<tempfile::TempDir>,
-    /// Running `reno` processes with the metrics port of each (0 for none).
+    /// Running `reno` processes with the admin port of each (0 for none).
     processes: Vec<(Process, u16)>,
+    /// Which of the processes are workers: their presence views must see a device before a test
+    /// counts on pushes reaching it.
+    workers: Vec<usize>,
+    /// Whether a pull service (and with it the presence tracker) runs.
+    tracking_presence: bool,
+    /// Devices announced so far by this stack, in all and per member.
+    announced: u64,
+    announced_members: std::collections::HashMap<String, u64>,
 }
 
 impl Stack {
@@ -62,6 +71,10 @@ impl Stack {
             registry: registry_path,
             _registry_dir: registry_dir,
             processes: vec![],
+            workers: vec![],
+            tracking_presence: false,
+            announced: 0,
+            announced_members: Default::default(),
         };
         stack.provision(provision_flags);
         stack
@@ -105,6 +118,7 @@ impl Stack {
         args.extend_from_slice(flags);
         let process = Process::spawn(self.reno(&args)).expect("start reno worker");
         self.processes.push((process, port));
+        self.workers.push(self.processes.len() - 1);
         self.processes.len() - 1
     }
 
@@ -129,6 +143,7 @@ impl Stack {
             .expect("start reno pull-service");
         self.processes.push((process, port));
         self.wait_for_pull_service().await;
+        self.tracking_presence = true;
         self.processes.len() - 1
     }
 
@@ -196,15 +211,60 @@ impl Stack {
     }
 
     /// A device over the server's websocket listener, caught up from `cursor`.
-    pub async fn device(&self, member: &str, device_type: &str, cursor: u64) -> Device {
+    pub async fn device(&mut self, member: &str, device_type: &str, cursor: u64) -> Device {
         self.device_at(member, device_type, Position { cursor, ..Position::default() }).await
     }
 
-    /// A device over the server's websocket listener, caught up from a saved position.
-    pub async fn device_at(&self, member: &str, device_type: &str, position: Position) -> Device {
+    /// A device over the server's websocket listener, caught up from a saved position. It announces
+    /// itself; with a pull service running, this waits until every running worker knows it is
+    /// online, so that what is published next is pushed to it.
+    pub async fn device_at(&mut self, member: &str, device_type: &str, position: Position) -> Device {
         let mut config = DeviceConfig::new(self.nats.websocket_url(), member_id(member), device(device_type));
         config.position = position;
-        within("device connects", Device::connect(config)).await.expect("device connects")
+        config.device_id = Some(DeviceId::new(nuid::next().to_string()).unwrap());
+        let device = within("device connects", Device::connect(config)).await.expect("device connects");
+        self.known_online(member).await;
+        device
+    }
+
+    /// Announces a device of `member` online as a device would (for a test's own subscriber on
+    /// the push subject), and waits until every running worker knows it.
+    pub async fn announce(&mut self, member: &str, device_type: &str) {
+        assert!(self.tracking_presence, "presence needs a pull service (it runs the tracker)");
+        let id = DeviceId::new(nuid::next().to_string()).unwrap();
+        let subject = reno_model::subject::presence_subject(&member_id(member), &device(device_type), &id);
+        let online = reno_model::presence::Announcement { status: reno_model::presence::Status::Online };
+        self.client.publish(subject, online.encode().into()).await.unwrap();
+        self.known_online(member).await;
+    }
+
+    /// Counts one more device of `member` that announced itself, waits until the tracker has it in
+    /// the presence bucket, then until every running worker's presence view has seen as many
+    /// devices.
+    pub async fn known_online(&mut self, member: &str) {
+        if !self.tracking_presence {
+            return;
+        }
+        self.announced += 1;
+        let member_devices = self.announced_to(member) + 1;
+        *self.announced_members.entry(member.to_owned()).or_default() += 1;
+        let jetstream = self.jetstream.clone();
+        eventually("the tracker has the device", || async {
+            let online =
+                reno_presence::online_devices(&jetstream, &member_id(member)).await.unwrap_or_default();
+            online.len() as u64 >= member_devices
+        })
+        .await;
+        for worker in self.workers.clone() {
+            let port = self.processes[worker].1;
+            if http_get(port, "/livez").is_some() {
+                self.wait_for_counter(worker, "reno_presence_devices_online", &[], self.announced).await;
+            }
+        }
+    }
+
+    fn announced_to(&self, member: &str) -> u64 {
+        self.announced_members.get(member).copied().unwrap_or_default()
     }
 
     /// One page of history by a raw request on the pull subject, as any NATS client would send it.

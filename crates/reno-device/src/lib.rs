@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 mod merge;
+mod presence;
 
 use std::{
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -18,8 +20,10 @@ use std::{
 use async_nats::{Event, Subscriber};
 use futures::StreamExt;
 use merge::Merge;
+use presence::Heartbeat;
 use reno_model::{
-    DeviceType, MemberId, Notification, Position, PullPage, notification::DEFAULT_PAGE_LIMIT, subject,
+    DeviceId, DeviceType, MemberId, Notification, Position, PullPage, notification::DEFAULT_PAGE_LIMIT,
+    subject,
 };
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -30,6 +34,12 @@ use tracing::{debug, warn};
 const ROUTINE_CATCH_UP: Duration = Duration::from_secs(600);
 /// How long one pull page may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after (re)connecting the device pulls once more: reno pushes only to devices it knows
+/// are online, and a push written before its announcement reached the workers went nowhere.
+const AFTER_CONNECT_CATCH_UP: Duration = Duration::from_secs(2);
+/// How often a device announces itself by default; reno forgets a device after its presence
+/// time-to-live (60 s by default), which must cover three of these.
+pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(20);
 
 /// Who the device is and where it connects.
 #[derive(Debug, Clone)]
@@ -43,6 +53,15 @@ pub struct DeviceConfig {
     pub position: Position,
     /// Notifications per pull page.
     pub page_limit: u32,
+    /// The device's own id, as its token names it. With it the device takes replies on its own
+    /// inbox prefix and announces its presence, both of which an edge requires.
+    pub device_id: Option<DeviceId>,
+    /// The device token from the operator's identity system, sent as the NATS auth token.
+    pub token: Option<String>,
+    /// A CA certificate (PEM) to verify the edge's TLS certificate by, besides the system's.
+    pub root_certificates: Option<PathBuf>,
+    /// How often the device announces itself (with a `device_id`).
+    pub presence_interval: Duration,
 }
 
 impl DeviceConfig {
@@ -53,6 +72,10 @@ impl DeviceConfig {
             device_type,
             position: Position::default(),
             page_limit: DEFAULT_PAGE_LIMIT,
+            device_id: None,
+            token: None,
+            root_certificates: None,
+            presence_interval: DEFAULT_PRESENCE_INTERVAL,
         }
     }
 }
@@ -89,6 +112,8 @@ pub enum DeviceError {
 struct MissedPushes {
     /// Set by a signal, cleared by the catch-up that answers it.
     owed: AtomicBool,
+    /// Set by a reconnect: the catch-up it owes is followed by one more shortly after.
+    reconnected: AtomicBool,
     /// Wakes a device waiting for pushes.
     wake: Notify,
 }
@@ -97,6 +122,11 @@ impl MissedPushes {
     fn raise(&self) {
         self.owed.store(true, Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    fn raise_reconnected(&self) {
+        self.reconnected.store(true, Ordering::SeqCst);
+        self.raise();
     }
 
     /// Whether a signal came since the last call.
@@ -118,8 +148,12 @@ pub struct Device {
     catch_up_owed: bool,
     /// When the next routine catch-up is due.
     next_routine_catch_up: tokio::time::Instant,
+    /// The next catch-up is the one shortly after a (re)connect.
+    after_connect: bool,
     /// What the app gets, merged from pushes and pages.
     merge: Merge,
+    /// Announces the device while it is connected (with a device id).
+    heartbeat: Option<Heartbeat>,
 }
 
 impl Device {
@@ -127,18 +161,41 @@ impl Device {
     /// first `next` when the pull service does not answer yet).
     pub async fn connect(config: DeviceConfig) -> Result<Self, DeviceError> {
         let missed = Arc::new(MissedPushes::default());
-        let signal = missed.clone();
-        let client = async_nats::ConnectOptions::new()
+        let reconnected = Arc::new(Notify::new());
+        let (signal, announce) = (missed.clone(), reconnected.clone());
+        let mut options = async_nats::ConnectOptions::new()
             .name(format!("reno-device-{}", config.device_type))
             .event_callback(move |event| {
-                let signal = signal.clone();
+                let (signal, announce) = (signal.clone(), announce.clone());
                 async move {
-                    if matches!(event, Event::Connected | Event::SlowConsumer(_)) {
-                        debug!(%event, "may have missed pushes; catching up");
-                        signal.raise();
+                    match event {
+                        Event::Connected => {
+                            debug!(%event, "reconnected; announcing and catching up");
+                            announce.notify_one();
+                            signal.raise_reconnected();
+                        }
+                        Event::SlowConsumer(_) => {
+                            debug!(%event, "may have missed pushes; catching up");
+                            signal.raise();
+                        }
+                        _ => {}
                     }
                 }
-            })
+            });
+        if let Some(device_id) = &config.device_id {
+            options = options.custom_inbox_prefix(subject::device_inbox_prefix(
+                &config.member,
+                &config.device_type,
+                device_id,
+            ));
+        }
+        if let Some(token) = &config.token {
+            options = options.token(token.clone());
+        }
+        if let Some(certificates) = &config.root_certificates {
+            options = options.add_root_certificates(certificates.clone());
+        }
+        let client = options
             .connect(&config.url)
             .await
             .map_err(|source| DeviceError::Connect { url: config.url.clone(), source })?;
@@ -147,6 +204,11 @@ impl Device {
             .await
             .map_err(DeviceError::Subscribe)?;
         let merge = Merge::new(config.member.clone(), config.device_type.clone(), config.position);
+        // Announced before the first pull, so that what is written after that pull is pushed.
+        let heartbeat = config.device_id.as_ref().map(|device_id| {
+            let identity = (&config.member, &config.device_type, device_id);
+            Heartbeat::start(client.clone(), identity, config.presence_interval, reconnected)
+        });
         let mut device = Device {
             config,
             client,
@@ -154,7 +216,9 @@ impl Device {
             missed,
             catch_up_owed: true,
             next_routine_catch_up: tokio::time::Instant::now() + ROUTINE_CATCH_UP,
+            after_connect: true,
             merge,
+            heartbeat,
         };
         // The push subscription is in place, so nothing is missed from here on. If the pull service
         // cannot answer yet, the catch-up stays owed and the first `next` tries again.
@@ -218,6 +282,9 @@ impl Device {
         // Whatever signals came before this catch-up are answered by it: one catch-up, however
         // many of them there were.
         self.missed.take();
+        if self.missed.reconnected.swap(false, Ordering::SeqCst) {
+            self.after_connect = true;
+        }
         loop {
             let page = self.pull_page().await?;
             let more = page.more;
@@ -227,8 +294,18 @@ impl Device {
             }
         }
         self.catch_up_owed = false;
-        self.next_routine_catch_up = tokio::time::Instant::now() + ROUTINE_CATCH_UP;
+        let next =
+            if std::mem::take(&mut self.after_connect) { AFTER_CONNECT_CATCH_UP } else { ROUTINE_CATCH_UP };
+        self.next_routine_catch_up = tokio::time::Instant::now() + next;
         Ok(())
+    }
+
+    /// Says goodbye (presence offline) and closes the connection, after what was sent is flushed.
+    pub async fn close(mut self) {
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.stop(&self.client).await;
+        }
+        let _ = self.client.drain().await;
     }
 
     async fn pull_page(&self) -> Result<PullPage, DeviceError> {

@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod envelope;
 pub mod notification;
+pub mod presence;
 pub mod registry;
 pub mod subject;
 pub mod token;

@@ -23,6 +23,20 @@ pub const DEAD_LETTER_STREAM: &str = "RENO_DEAD";
 pub const DEAD_LETTER_SUBJECTS: &str = "reno.dead.>";
 /// The KV bucket that keeps each device type's notification history.
 pub const HISTORY_BUCKET: &str = "RENO_HISTORY";
+/// The KV bucket of online devices: key `<member>.<device_type>.<device_id>`, gone when a device has
+/// not announced itself for the presence time-to-live.
+pub const PRESENCE_BUCKET: &str = "RENO_PRESENCE";
+
+/// The presence key of one device.
+pub fn presence_key(member: &MemberId, device_type: &DeviceType, device_id: &DeviceId) -> String {
+    format!("{member}.{device_type}.{device_id}")
+}
+
+/// Reads member, device type and device id back out of a presence key.
+pub fn parse_presence_key(key: &str) -> Option<(MemberId, DeviceType, DeviceId)> {
+    parse_presence_subject(&format!("reno.presence.{key}"))
+}
+
 /// The KV bucket that holds the current registry, watched by every worker.
 pub const REGISTRY_BUCKET: &str = "RENO_REGISTRY";
 /// The one key of the registry bucket.

@@ -37,6 +37,9 @@ pub struct Topology {
     /// Bytes the dead letters may hold. When full, the oldest dead letters are dropped to make room:
     /// filing must never stop the pipeline, and every dead letter is counted in metrics anyway.
     pub dead_letter_max_bytes: i64,
+    /// How long a device counts as online after its last announcement (keep it at least three of
+    /// the devices' heartbeat intervals).
+    pub presence_ttl: Duration,
     /// How long a worker may hold an event before JetStream gives it to another worker.
     pub ack_wait: Duration,
     /// Events in flight per priority across all workers.
@@ -53,6 +56,7 @@ impl Default for Topology {
             history_max_bytes: 4 << 30,
             dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
             dead_letter_max_bytes: 256 << 20,
+            presence_ttl: Duration::from_secs(60),
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
         }
@@ -74,6 +78,8 @@ pub enum ProvisionError {
     Stream { name: String, source: async_nats::Error },
     #[error("cannot provision the history bucket {HISTORY}: {source}", HISTORY = subject::HISTORY_BUCKET)]
     History { source: async_nats::Error },
+    #[error("cannot provision the presence bucket {PRESENCE}: {source}", PRESENCE = subject::PRESENCE_BUCKET)]
+    Presence { source: async_nats::Error },
     #[error("cannot provision consumer {consumer} on {stream}: {source}")]
     Consumer { stream: String, consumer: String, source: async_nats::Error },
 }
@@ -238,6 +244,26 @@ pub async fn provision(
         .create_or_update_key_value(history)
         .await
         .map_err(|source| ProvisionError::History { source: source.into() })?;
+
+    let presence = kv::Config {
+        bucket: subject::PRESENCE_BUCKET.to_owned(),
+        description: "reno's online devices, one key per device, forgotten after the presence time-to-live"
+            .into(),
+        history: 1,
+        // A device that stops announcing itself expires; the marker left in its place tells the
+        // workers' views at once.
+        max_age: topology.presence_ttl,
+        limit_markers: Some(topology.presence_ttl),
+        // Presence is rebuilt by the devices' next announcements after a restart.
+        storage: StorageType::Memory,
+        num_replicas: topology.replicas,
+        max_bytes: 256 << 20,
+        ..Default::default()
+    };
+    jetstream
+        .create_or_update_key_value(presence)
+        .await
+        .map_err(|source| ProvisionError::Presence { source: source.into() })?;
     Ok(report)
 }
 

@@ -11,6 +11,9 @@ pub const DEAD_LETTERS_METRIC: &str = "reno_worker_dead_letters_total";
 /// Counter of retried deliveries by priority and reason (`history_full`, `unavailable`,
 /// `contention`, `unknown_type`, `unreadable_entry`, `dead_letter_failed`).
 pub const RETRIES_METRIC: &str = "reno_worker_retries_total";
+/// Counter of pushes by priority, device type and result: `sent`, or `skipped_offline` when no
+/// device of the type was online (the notification waits in the history).
+pub const PUSHES_METRIC: &str = "reno_worker_pushes_total";
 /// Counter of registry changes a worker process has taken on since it started.
 pub const REGISTRY_UPDATES_METRIC: &str = "reno_worker_registry_updates_total";
 /// Histogram of seconds from the server receiving an event to the worker acking it.
@@ -52,6 +55,12 @@ pub(crate) fn count_received(priority: Priority) {
 
 pub(crate) fn count_retry(priority: Priority, reason: &'static str) {
     metrics::counter!(RETRIES_METRIC, "priority" => priority.as_str(), "reason" => reason).increment(1);
+}
+
+pub(crate) fn count_push(priority: Priority, device_type: &reno_model::DeviceType, result: &'static str) {
+    let device_type = device_type.to_string();
+    metrics::counter!(PUSHES_METRIC, "priority" => priority.as_str(), "device_type" => device_type, "result" => result)
+        .increment(1);
 }
 
 pub(crate) fn count(priority: Priority, outcome: Outcome, seconds_since_published: f64) {

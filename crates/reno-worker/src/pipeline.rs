@@ -14,6 +14,8 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, warn};
 
+use reno_presence::PresenceView;
+
 use crate::{
     dead_letter::{self, Origin},
     gates::{self, Staleness, Written},
@@ -32,6 +34,8 @@ pub(crate) struct Pipeline {
     pub jetstream: jetstream::Context,
     /// The notification history devices pull from; also the authority on what was delivered.
     pub history: History,
+    /// Which members have a device of which type online: the push goes only there.
+    pub presence: PresenceView,
     /// Events delivered recently (`type:member:id`): spares the history a round trip for repeats.
     pub delivered_ids: moka::sync::Cache<String, ()>,
     pub max_deliveries: i64,
@@ -183,10 +187,16 @@ impl Pipeline {
                 self.write_once(&key, &notification, source).await?
             };
             // A new entry is pushed; so is this message's own entry from an earlier attempt, whose
-            // push may never have gone out (devices drop a repeat by seq).
+            // push may never have gone out (devices drop a repeat by seq). Only where a device of
+            // the type is online: the others find it in the history when they come back.
             if let Written::New(seq) | Written::Ours(seq) = written {
-                notification.seq = seq;
-                self.push(device_type, &notification).await?;
+                if self.presence.is_online(&envelope.member, device_type) {
+                    notification.seq = seq;
+                    self.push(device_type, &notification).await?;
+                    outcome::count_push(self.priority, device_type, "sent");
+                } else {
+                    outcome::count_push(self.priority, device_type, "skipped_offline");
+                }
             }
             results.push(written);
         }

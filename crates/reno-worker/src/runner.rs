@@ -11,6 +11,7 @@ use async_nats::jetstream::{
 use futures::StreamExt;
 use reno_model::{Priority, Registry, subject};
 use reno_nats::readiness::Needed;
+use reno_presence::PresenceView;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -38,8 +39,8 @@ pub enum WorkerError {
 /// Returns early with an error if a priority cannot start or the registry cannot be read.
 pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     tokio::pin!(shutdown);
-    let registry = tokio::select! {
-        registry = follow_registry(&config.nats_url) => registry?,
+    let (registry, presence) = tokio::select! {
+        followed = follow(&config.nats_url) => followed?,
         // Told to stop before NATS was ever reached: nothing in flight, nothing to drain.
         () = &mut shutdown => return Ok(()),
     };
@@ -49,6 +50,7 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Re
     for (priority, pool) in config.pools.clone() {
         let config = config.clone();
         let registry = registry.clone();
+        let presence = presence.clone();
         let stop = stop_receiver.clone();
         let done = done_sender.clone();
         let thread = std::thread::Builder::new()
@@ -61,7 +63,7 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Re
                     .build()
                     .map_err(|source| WorkerError::Runtime { priority, source })
                     .and_then(|runtime| {
-                        runtime.block_on(run_priority(&config, registry, priority, pool, stop))
+                        runtime.block_on(run_priority(&config, registry, presence, priority, pool, stop))
                     });
                 let _ = done.send((priority, result));
             })
@@ -102,11 +104,13 @@ pub fn needs(priorities: &[Priority]) -> Vec<Needed> {
     needs
 }
 
-/// Reads the registry from NATS and keeps following it: every change is in the receiver at once,
-/// for the next event each priority handles.
-async fn follow_registry(nats_url: &str) -> Result<watch::Receiver<Arc<Registry>>, WorkerError> {
-    let client = reno_nats::connect_patiently(nats_url, "reno-worker-registry").await;
+/// Reads the registry from NATS and keeps following it (every change is in the receiver at once,
+/// for the next event each priority handles), and follows presence, on one connection of the
+/// process's own.
+async fn follow(nats_url: &str) -> Result<(watch::Receiver<Arc<Registry>>, PresenceView), WorkerError> {
+    let client = reno_nats::connect_patiently(nats_url, "reno-worker-follow").await;
     let jetstream = jetstream::new(client);
+    let presence = PresenceView::follow(jetstream.clone());
     let registry = reno_nats::registry_store::load(&jetstream).await.map_err(WorkerError::Registry)?;
     info!(types = registry.type_names(), "registry read");
     let (sender, receiver) = watch::channel(Arc::new(registry));
@@ -138,12 +142,13 @@ async fn follow_registry(nats_url: &str) -> Result<watch::Receiver<Arc<Registry>
             tokio::time::sleep(reno_nats::registry_store::REWATCH_DELAY).await;
         }
     });
-    Ok(receiver)
+    Ok((receiver, presence))
 }
 
 async fn run_priority(
     config: &WorkerConfig,
     registry: watch::Receiver<Arc<Registry>>,
+    presence: PresenceView,
     priority: Priority,
     pool: PoolConfig,
     mut stop: watch::Receiver<bool>,
@@ -178,6 +183,7 @@ async fn run_priority(
             client: client.clone(),
             jetstream,
             history,
+            presence,
             delivered_ids: moka::sync::Cache::builder()
                 .max_capacity(config.dedup_capacity)
                 .time_to_live(config.dedup_ttl)

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use reno_model::{CollapseKey, DeviceType, EventId, EventType, MemberId, Position, Priority};
+use reno_model::{CollapseKey, DeviceId, DeviceType, EventId, EventType, MemberId, Position, Priority};
 
 use crate::config::{AdminAddr, Config, ConfigError, LogFormat};
 
@@ -33,8 +33,11 @@ pub enum Command {
     Provision(ProvisionArgs),
     /// Run workers: one durable pull consumer per priority, each with its own connection and pool.
     Worker(WorkerArgs),
-    /// Run the pull service devices catch up from.
+    /// Run the services devices talk to: the pull service they catch up from, and the presence
+    /// tracker that keeps who is online.
     PullService(PullServiceArgs),
+    /// Print the devices of a member that are online, one JSON line each.
+    Presence(PresenceArgs),
     /// Publish one event, as a service would, and wait until JetStream has stored it.
     Publish(PublishArgs),
     /// Watch as a device: push over websocket plus pull catch-up, one JSON line per notification.
@@ -116,6 +119,7 @@ impl Cli {
                     config.registry.path = path.clone();
                 }
             }
+            Command::Presence(args) => args.connect.apply(&mut config),
             Command::Registry(_) | Command::Device(_) | Command::Config(_) => {}
         }
         config.validate()?;
@@ -187,6 +191,10 @@ pub struct ProvisionArgs {
     /// [config: streams.dead_letter_max_bytes].
     #[arg(long)]
     pub dead_letter_max_bytes: Option<i64>,
+    /// Seconds a device counts as online after its last announcement
+    /// [config: streams.presence_ttl_secs].
+    #[arg(long)]
+    pub presence_ttl_secs: Option<u64>,
 }
 
 impl ProvisionArgs {
@@ -201,6 +209,7 @@ impl ProvisionArgs {
         set(&mut streams.event_max_bytes, self.event_max_bytes);
         set(&mut streams.history_max_bytes, self.history_max_bytes);
         set(&mut streams.dead_letter_max_bytes, self.dead_letter_max_bytes);
+        set(&mut streams.presence_ttl_secs, self.presence_ttl_secs);
     }
 }
 
@@ -279,6 +288,14 @@ impl PullServiceArgs {
 }
 
 #[derive(Args, Clone)]
+pub struct PresenceArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The member.
+    pub member: MemberId,
+}
+
+#[derive(Args, Clone)]
 pub struct UpArgs {
     #[command(flatten)]
     pub provision: ProvisionArgs,
@@ -338,6 +355,16 @@ pub struct DeviceArgs {
     /// Exit after this many notifications (default: run until interrupted).
     #[arg(long)]
     pub count: Option<usize>,
+    /// The device's id, as its token names it: with it the device announces its presence and takes
+    /// replies on its own inbox prefix (an edge requires both).
+    #[arg(long)]
+    pub device_id: Option<DeviceId>,
+    /// The device token (an edge requires one; `reno token` mints development tokens).
+    #[arg(long, env = "RENO_DEVICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A CA certificate (PEM) to verify the edge's TLS certificate by.
+    #[arg(long, env = "RENO_DEVICE_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 /// Overrides `target` when a flag or its environment variable gave a value.

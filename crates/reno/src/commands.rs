@@ -16,7 +16,9 @@ use tracing::info;
 
 use crate::{
     admin,
-    cli::{Command, ConfigCommand, DeviceArgs, PublishArgs, RegistryCommand, SetTypeArgs, UpArgs},
+    cli::{
+        Command, ConfigCommand, DeviceArgs, PresenceArgs, PublishArgs, RegistryCommand, SetTypeArgs, UpArgs,
+    },
     config::{AdminAddr, Config},
 };
 
@@ -28,11 +30,12 @@ pub async fn run(command: Command, config: Config) -> Result<()> {
         Command::Worker(_) => worker(&config).await,
         Command::PullService(_) => {
             let stop = Shutdown::on_signal();
-            start_admin(config.pull.admin_addr, &config, "reno-pull", reno_pull::needs(), &stop).await?;
+            let needs = device_services_needs();
+            start_admin(config.pull.admin_addr, &config, "reno-pull", needs, &stop).await?;
             let client = reno_nats::connect_patiently(&config.nats.url, "reno-pull").await;
-            reno_pull::run(client, stop.wait()).await?;
-            Ok(())
+            device_services(client, &config, &stop).await
         }
+        Command::Presence(args) => presence(args, &config).await,
         Command::Publish(args) => publish(args, &config).await,
         Command::Device(args) => device(args).await,
         Command::Registry(command) => registry(command, &config).await,
@@ -120,10 +123,13 @@ async fn up(args: UpArgs, config: &Config) -> Result<()> {
     let nats_url = config.nats.url.clone();
     let stop = Shutdown::on_signal();
     let mut needs = reno_worker::needs(&config.worker.priorities);
-    needs.extend(reno_pull::needs());
+    needs.extend(device_services_needs());
     let admin = start_admin(config.worker.admin_addr, config, "reno-up", needs, &stop).await?;
     let pull_client = reno_nats::connect_patiently(&nats_url, "reno-pull").await;
-    let pull = tokio::spawn(reno_pull::run(pull_client, stop.wait()));
+    let pull = tokio::spawn({
+        let (config, stop) = (config.clone(), stop.clone());
+        async move { device_services(pull_client, &config, &stop).await }
+    });
     let program = std::env::args().next().unwrap_or_else(|| "reno".into());
     println!("reno is running (Ctrl-C stops it)");
     println!("  services publish to  {nats_url}  subject reno.evt.<type>.<member>");
@@ -137,6 +143,43 @@ async fn up(args: UpArgs, config: &Config) -> Result<()> {
     }
     run_worker(config, &stop).await?;
     pull.await??;
+    Ok(())
+}
+
+/// What the services devices talk to need: the history, and the presence bucket.
+fn device_services_needs() -> Vec<reno_nats::readiness::Needed> {
+    let mut needs = reno_pull::needs();
+    needs.push(reno_nats::readiness::Needed::Bucket(reno_model::subject::PRESENCE_BUCKET.to_owned()));
+    needs
+}
+
+/// Runs the services devices talk to until the shutdown: the pull service and the presence
+/// tracker, on one connection.
+async fn device_services(client: async_nats::Client, config: &Config, stop: &Shutdown) -> Result<()> {
+    let tracker_config =
+        reno_presence::TrackerConfig { ttl: Duration::from_secs(config.streams.presence_ttl_secs) };
+    let tracker = tokio::spawn(reno_presence::run(client.clone(), tracker_config, stop.wait()));
+    reno_pull::run(client, stop.wait()).await?;
+    tracker.await??;
+    Ok(())
+}
+
+/// Prints the devices of a member that are online, one JSON line each.
+async fn presence(args: PresenceArgs, config: &Config) -> Result<()> {
+    let client = connect(&config.nats.url, "reno-presence").await?;
+    let jetstream = async_nats::jetstream::new(client);
+    let devices = reno_presence::online_devices(&jetstream, &args.member)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot read presence: {error}"))?;
+    for device in devices {
+        let line = serde_json::json!({
+            "member": args.member.as_str(),
+            "device_type": device.device_type.as_str(),
+            "device_id": device.device_id.as_str(),
+            "seen_ms": device.seen_ms,
+        });
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -218,6 +261,9 @@ async fn publish(args: PublishArgs, config: &Config) -> Result<()> {
 async fn device(args: DeviceArgs) -> Result<()> {
     let mut config = DeviceConfig::new(args.url, args.member, args.device_type);
     config.position = args.from;
+    config.device_id = args.device_id;
+    config.token = args.token;
+    config.root_certificates = args.ca;
     let mut device = Device::connect(config).await?;
     let stop = Shutdown::on_signal();
     let mut printed = 0;
@@ -247,6 +293,7 @@ async fn device(args: DeviceArgs) -> Result<()> {
     }
     // Where to start next time (--from), for a watcher that is stopped and started again.
     eprintln!("position {}", device.position());
+    device.close().await;
     Ok(())
 }
 

@@ -69,6 +69,9 @@ pub struct StreamsSection {
     pub dead_letter_max_bytes: i64,
     /// Seconds a worker may hold an event before JetStream hands it to another worker.
     pub ack_wait_secs: u64,
+    /// Seconds a device counts as online after its last announcement (at least three of the
+    /// devices' heartbeat intervals).
+    pub presence_ttl_secs: u64,
 }
 
 /// The workers: which priorities a process serves and how wide each pool is.
@@ -187,6 +190,7 @@ impl Default for StreamsSection {
             dead_letter_retention_secs: topology.dead_letter_retention.as_secs(),
             dead_letter_max_bytes: topology.dead_letter_max_bytes,
             ack_wait_secs: topology.ack_wait.as_secs(),
+            presence_ttl_secs: topology.presence_ttl.as_secs(),
         }
     }
 }
@@ -283,6 +287,7 @@ impl Config {
             ("streams.event_retention_secs", self.streams.event_retention_secs),
             ("streams.dead_letter_retention_secs", self.streams.dead_letter_retention_secs),
             ("streams.ack_wait_secs", self.streams.ack_wait_secs),
+            ("streams.presence_ttl_secs", self.streams.presence_ttl_secs),
         ] {
             if value == 0 {
                 return invalid(key, "must be at least 1 second");
@@ -324,6 +329,7 @@ impl Config {
             dead_letter_retention: Duration::from_secs(streams.dead_letter_retention_secs),
             dead_letter_max_bytes: streams.dead_letter_max_bytes,
             ack_wait: Duration::from_secs(streams.ack_wait_secs),
+            presence_ttl: Duration::from_secs(streams.presence_ttl_secs),
             ..Topology::default()
         }
     }
