@@ -1,6 +1,11 @@
 """Publish one reno event from Python with the plain NATS client (nats-py) and a CBOR codec (cbor2).
 
-    python examples/python/publish.py --type plan_changed --member m1 --payload '{"plan": "premium"}'
+    python examples/python/publish.py --nkey-seed .local/secrets/publisher.nk \
+        --type plan_changed --member m1 --payload '{"plan": "premium"}'
+
+A backend service signs in to the hub as the `publisher` user (an nkey: the hub's config holds only
+its public key), which may publish events and receive the stream's acks on its own inbox prefix
+`_INBOX_publisher`, nothing else.
 
 Exits 0 once JetStream has stored the event; exits 1 with the server's reason when it was refused
 (for example an event type that is not in the registry). See docs/protocol.md.
@@ -18,7 +23,7 @@ import nats
 from nats.js.errors import APIError, NoStreamResponseError
 
 
-async def publish(url, event_type, member, payload, event_id, targets, collapse_key):
+async def publish(url, nkey_seed, event_type, member, payload, event_id, targets, collapse_key):
     envelope = {
         "id": event_id,
         "type": event_type,
@@ -30,7 +35,11 @@ async def publish(url, event_type, member, payload, event_id, targets, collapse_
         envelope["targets"] = targets
     if collapse_key:
         envelope["collapse_key"] = collapse_key
-    connection = await nats.connect(url)
+    options = {}
+    if nkey_seed:
+        # The publisher user may receive replies only under its own inbox prefix.
+        options = {"nkeys_seed": nkey_seed, "inbox_prefix": b"_INBOX_publisher"}
+    connection = await nats.connect(url, **options)
     try:
         jetstream = connection.jetstream()
         # Nats-Msg-Id is the event id scoped by type and member: a retry within two minutes is
@@ -48,6 +57,7 @@ async def publish(url, event_type, member, payload, event_id, targets, collapse_
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="nats://127.0.0.1:4222")
+    parser.add_argument("--nkey-seed", default=None, help="file with the publisher user's nkey seed")
     parser.add_argument("--type", required=True)
     parser.add_argument("--member", required=True)
     parser.add_argument("--payload", default="null", help="JSON, sent as CBOR")
@@ -58,7 +68,16 @@ def main():
     event_id = args.id or str(uuid.uuid4())
     try:
         ack = asyncio.run(
-            publish(args.url, args.type, args.member, json.loads(args.payload), event_id, args.target, args.collapse_key)
+            publish(
+                args.url,
+                args.nkey_seed,
+                args.type,
+                args.member,
+                json.loads(args.payload),
+                event_id,
+                args.target,
+                args.collapse_key,
+            )
         )
     except NoStreamResponseError:
         print(f"refused: no stream captures reno.evt.{args.type}.{args.member} (unknown event type?)", file=sys.stderr)

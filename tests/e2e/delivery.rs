@@ -50,7 +50,9 @@ async fn rust_cli_and_python_publishers_reach_a_websocket_device() {
     let script = reno_testkit::repo_root().join("examples/python/publish.py");
     let output = std::process::Command::new(python)
         .arg(script)
-        .args(["--url", stack.nats.client_url(), "--type", "profile_updated", "--member", "alice"])
+        .args(["--url", &stack.cluster.hub_url(), "--type", "profile_updated", "--member", "alice"])
+        .arg("--nkey-seed")
+        .arg(stack.cluster.secrets.path("publisher.nk"))
         .args(["--payload", r#"{"name":"Al"}"#, "--id", "py-1"])
         .output()
         .expect("run the python publisher (scripts/install sets up .tools/venv)");
@@ -68,7 +70,9 @@ async fn python_publisher_learns_an_unknown_type_is_refused() {
     let script = reno_testkit::repo_root().join("examples/python/publish.py");
     let output = std::process::Command::new(python)
         .arg(script)
-        .args(["--url", stack.nats.client_url(), "--type", "title_watched", "--member", "alice"])
+        .args(["--url", &stack.cluster.hub_url(), "--type", "title_watched", "--member", "alice"])
+        .arg("--nkey-seed")
+        .arg(stack.cluster.secrets.path("publisher.nk"))
         .output()
         .unwrap();
     assert!(!output.status.success());

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use reno_device::{Device, DeviceConfig};
+use reno_device::Device;
 use reno_model::DeviceId;
 use reno_testkit::Relay;
 
@@ -31,8 +31,9 @@ async fn a_vanished_device_goes_offline_its_push_is_skipped_and_it_catches_up() 
     // A short time-to-live and heartbeat, so the test does not wait a minute.
     let mut stack = Stack::start_with(None, &["--presence-ttl-secs", "3"]).await;
     let worker = stack.start_all().await;
-    let relay = Relay::start(stack.nats.websocket_url()).unwrap();
-    let mut config = DeviceConfig::new(relay.url("ws"), member_id("vic"), device("tv"));
+    let relay = Relay::start(stack.cluster.edge_url(0)).unwrap();
+    let mut config = stack.device_config(&relay.url("wss"), "vic", "tv");
+    config.token = Some(stack.token("vic", "tv", "living-room", 3600));
     config.device_id = Some(DeviceId::new("living-room").unwrap());
     config.presence_interval = Duration::from_secs(1);
     let mut tv = within("device connects", Device::connect(config)).await.unwrap();

@@ -15,13 +15,13 @@ use crate::support::*;
 async fn a_device_cut_off_the_network_catches_up_on_reconnect() {
     let mut stack = Stack::start().await;
     let worker = stack.start_all().await;
-    let relay = Relay::start(stack.nats.websocket_url()).unwrap();
-    let mut config = reno_device::DeviceConfig::new(relay.url("ws"), member_id("uma"), device("tv"));
-    config.device_id = Some(reno_model::DeviceId::new("uma-tv").unwrap());
+    let relay = Relay::start(stack.cluster.edge_url(0)).unwrap();
+    let config = stack.device_config(&relay.url("wss"), "uma", "tv");
     let mut tv = within("device connects", reno_device::Device::connect(config)).await.unwrap();
     stack.known_online("uma").await;
     // A plain subscriber behind the same relay shows what push alone delivers.
-    let spy_client = async_nats::connect(relay.url("ws")).await.unwrap();
+    let token = stack.token("uma", "tv", "spy", 3600);
+    let spy_client = stack.device_client(&relay.url("wss"), ("uma", "tv", "spy"), Some(token)).await.unwrap();
     let mut spy = spy_client.subscribe("reno.ntf.uma.tv").await.unwrap();
     spy_client.flush().await.unwrap();
     let before = event("my_list_updated", "uma", text("before"));

@@ -1,10 +1,10 @@
-//! The stack a test runs against: a nats-server from `nats/dev.conf`, the topology provisioned by
-//! `reno provision`, `reno worker` and `reno pull-service` processes, and helpers to publish, watch
-//! as a device and read the workers' metrics.
+//! The stack a test runs against: a hub and an edge from `nats/` (the test kit's `Cluster`, with
+//! fresh development secrets), the topology provisioned by `reno provision`, the authorization
+//! service, `reno worker` and `reno pull-service` processes, and helpers to publish, watch as a
+//! device (over the edge's TLS websocket, with a token) and read the processes' metrics.
 
 use std::{
     future::Future,
-    net::TcpListener,
     path::PathBuf,
     process::Command,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -17,14 +17,16 @@ use reno_model::{
     PullRequest, Value,
 };
 use reno_nats::Publisher;
-use reno_testkit::{NatsServer, Process, repo_root};
+use reno_testkit::{Cluster, Process, repo_root};
 
 /// How long a test waits for something that should happen before calling it hung. A guard against
 /// hangs, not a speed assertion: speed is measured in loadtest/, not here.
 pub const PATIENCE: Duration = Duration::from_secs(45);
 
 pub struct Stack {
-    pub nats: NatsServer,
+    /// The hub and the edges, with their secrets.
+    pub cluster: Cluster,
+    /// A client of reno's own account on the hub (the `reno` user).
     pub client: async_nats::Client,
     pub jetstream: jetstream::Context,
     /// The registry the reno processes of this test use.
@@ -44,16 +46,24 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// A server provisioned with the shipped registry.
+    /// A hub and an edge provisioned with the shipped registry.
     pub async fn start() -> Stack {
         Self::start_with(None, &[]).await
     }
 
-    /// A server provisioned with the given registry text (or the shipped one) and extra
+    /// A hub and an edge provisioned with the given registry text (or the shipped one) and extra
     /// `reno provision` flags.
     pub async fn start_with(registry: Option<&str>, provision_flags: &[&str]) -> Stack {
-        let nats = NatsServer::start().expect("nats-server starts");
-        let client = async_nats::connect(nats.client_url()).await.expect("connect to nats-server");
+        Self::start_on(Cluster::start(1, 1).expect("hub and edge start"), registry, provision_flags).await
+    }
+
+    /// The stack on a topology of the test's own (several edges, a hub cluster): provisioned, with
+    /// the authorization service running.
+    pub async fn start_on(cluster: Cluster, registry: Option<&str>, provision_flags: &[&str]) -> Stack {
+        std::fs::write(cluster.secrets.path("reno.toml"), cluster.secrets.reno_config()).unwrap();
+        let client = reno_nats::connect(&Self::reno_endpoint(&cluster), "reno-test")
+            .await
+            .expect("connect to the hub");
         let jetstream = jetstream::new(client.clone());
         let (registry_path, registry_dir) = match registry {
             None => (repo_root().join("registry/events.toml"), None),
@@ -64,8 +74,8 @@ impl Stack {
                 (path, Some(dir))
             }
         };
-        let stack = Stack {
-            nats,
+        let mut stack = Stack {
+            cluster,
             client,
             jetstream,
             registry: registry_path,
@@ -77,7 +87,20 @@ impl Stack {
             announced_members: Default::default(),
         };
         stack.provision(provision_flags);
+        let admin = free_port();
+        let mut auth = stack.reno(&["auth-service"]);
+        auth.env("RENO_AUTH_ADMIN_ADDR", format!("127.0.0.1:{admin}"));
+        stack.processes.push((Process::spawn(auth).expect("start the authorization service"), admin));
         stack
+    }
+
+    /// The hub as reno's own processes reach it.
+    fn reno_endpoint(cluster: &Cluster) -> reno_nats::Endpoint {
+        reno_nats::Endpoint {
+            url: cluster.hub_url(),
+            nkey_seed: Some(cluster.secrets.seed("reno.nk").unwrap()),
+            ..reno_nats::Endpoint::default()
+        }
     }
 
     /// A `reno` command aimed at this stack's server and registry.
@@ -85,8 +108,10 @@ impl Stack {
         let mut command = Command::new(env!("CARGO_BIN_EXE_reno"));
         command
             .args(args)
-            .env("RENO_NATS_URL", self.nats.client_url())
-            .env("RENO_WEBSOCKET_URL", self.nats.websocket_url())
+            .env("RENO_CONFIG", self.cluster.secrets.path("reno.toml"))
+            .env("RENO_NATS_URL", self.cluster.hub_url())
+            .env("RENO_WEBSOCKET_URL", self.cluster.edge_url(0))
+            .env("RENO_DEVICE_CA", self.cluster.secrets.path("ca.pem"))
             .env("RENO_REGISTRY_PATH", &self.registry)
             .env("RENO_LOG_LEVEL", "info,reno_worker=debug");
         command
@@ -219,12 +244,59 @@ impl Stack {
     /// itself; with a pull service running, this waits until every running worker knows it is
     /// online, so that what is published next is pushed to it.
     pub async fn device_at(&mut self, member: &str, device_type: &str, position: Position) -> Device {
-        let mut config = DeviceConfig::new(self.nats.websocket_url(), member_id(member), device(device_type));
+        let mut config = self.device_config(self.cluster.edge_url(0), member, device_type);
         config.position = position;
-        config.device_id = Some(DeviceId::new(nuid::next().to_string()).unwrap());
         let device = within("device connects", Device::connect(config)).await.expect("device connects");
         self.known_online(member).await;
         device
+    }
+
+    /// How a device of `member` connects to an edge at `url`: with a fresh device id, a token for
+    /// it signed by the topology's development key, and the development CA.
+    pub fn device_config(&self, url: &str, member: &str, device_type: &str) -> DeviceConfig {
+        let device_id = DeviceId::new(nuid::next().to_string()).unwrap();
+        let mut config = DeviceConfig::new(url, member_id(member), device(device_type));
+        config.token = Some(self.token(member, device_type, device_id.as_str(), 3600));
+        config.device_id = Some(device_id);
+        config.root_certificates = Some(self.cluster.secrets.path("ca.pem"));
+        config
+    }
+
+    /// A plain NATS client connected to an edge at `url` as a device would connect: with `token`,
+    /// the device's own inbox prefix and the development CA.
+    pub async fn device_client(
+        &self,
+        url: &str,
+        (member, device_type, device_id): (&str, &str, &str),
+        token: Option<String>,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        let prefix = reno_model::subject::device_inbox_prefix(
+            &member_id(member),
+            &device(device_type),
+            &DeviceId::new(device_id).unwrap(),
+        );
+        let mut options = async_nats::ConnectOptions::new()
+            .custom_inbox_prefix(prefix)
+            .add_root_certificates(self.cluster.secrets.path("ca.pem"))
+            .connection_timeout(Duration::from_secs(5));
+        if let Some(token) = token {
+            options = options.token(token);
+        }
+        options.connect(url).await
+    }
+
+    /// A device token for the topology, signed by its development key, valid for `ttl_secs`.
+    pub fn token(&self, member: &str, device_type: &str, device_id: &str, ttl_secs: u64) -> String {
+        let text = std::fs::read_to_string(self.cluster.secrets.path("device-token-key.jwk")).unwrap();
+        let key = reno_auth::DevSigningKey::from_jwk(&text).unwrap();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let identity = reno_auth::DeviceIdentity {
+            member: member_id(member),
+            device_type: device(device_type),
+            device_id: DeviceId::new(device_id).unwrap(),
+            expires_at: now + ttl_secs,
+        };
+        key.mint(&identity, "reno", now)
     }
 
     /// Announces a device of `member` online as a device would (for a test's own subscriber on
@@ -304,6 +376,7 @@ impl Stack {
         for (process, _) in &self.processes {
             text.push_str(&process.output());
         }
+        text.push_str(&self.cluster.logs());
         text
     }
 }
@@ -362,9 +435,7 @@ where
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use reno_testkit::free_port;
 
 /// GET /metrics over a plain TCP connection; empty while the admin listener is not up yet.
 fn scrape(port: u16) -> String {

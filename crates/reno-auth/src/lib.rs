@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod callout;
+pub mod dev_secrets;
 pub mod device_token;
 pub mod nats_jwt;
 

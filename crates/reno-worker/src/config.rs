@@ -28,8 +28,8 @@ impl PoolConfig {
 /// Everything a worker process runs with.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// NATS server(s) of the hub, comma-separated.
-    pub nats_url: String,
+    /// The hub: its servers and the credentials to sign in with.
+    pub nats: reno_nats::Endpoint,
     /// The priorities this process serves, each with its task pool.
     pub pools: Vec<(Priority, PoolConfig)>,
     /// Deliveries of one event before a transient failure is taken as permanent and the event is
@@ -44,9 +44,9 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     /// A worker serving every priority with default pools.
-    pub fn new(nats_url: impl Into<String>) -> Self {
+    pub fn new(nats: reno_nats::Endpoint) -> Self {
         WorkerConfig {
-            nats_url: nats_url.into(),
+            nats,
             pools: Priority::ALL
                 .into_iter()
                 .map(|priority| (priority, PoolConfig::default_for(priority)))

@@ -40,7 +40,7 @@ pub enum WorkerError {
 pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     tokio::pin!(shutdown);
     let (registry, presence) = tokio::select! {
-        followed = follow(&config.nats_url) => followed?,
+        followed = follow(&config.nats) => followed?,
         // Told to stop before NATS was ever reached: nothing in flight, nothing to drain.
         () = &mut shutdown => return Ok(()),
     };
@@ -107,8 +107,10 @@ pub fn needs(priorities: &[Priority]) -> Vec<Needed> {
 /// Reads the registry from NATS and keeps following it (every change is in the receiver at once,
 /// for the next event each priority handles), and follows presence, on one connection of the
 /// process's own.
-async fn follow(nats_url: &str) -> Result<(watch::Receiver<Arc<Registry>>, PresenceView), WorkerError> {
-    let client = reno_nats::connect_patiently(nats_url, "reno-worker-follow").await;
+async fn follow(
+    nats: &reno_nats::Endpoint,
+) -> Result<(watch::Receiver<Arc<Registry>>, PresenceView), WorkerError> {
+    let client = reno_nats::connect_patiently(nats, "reno-worker-follow").await;
     let jetstream = jetstream::new(client);
     let presence = PresenceView::follow(jetstream.clone());
     let registry = reno_nats::registry_store::load(&jetstream).await.map_err(WorkerError::Registry)?;
@@ -156,7 +158,7 @@ async fn run_priority(
     let span = info_span!("worker", %priority, stream = subject::priority_stream(priority), consumer = subject::WORKER_CONSUMER);
     async move {
         let name = format!("reno-worker-{priority}");
-        let connecting = reno_nats::connect_patiently(&config.nats_url, &name);
+        let connecting = reno_nats::connect_patiently(&config.nats, &name);
         let client = tokio::select! {
             client = connecting => client,
             // Told to stop before NATS was ever reached: nothing in flight, nothing to drain.

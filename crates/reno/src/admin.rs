@@ -51,12 +51,12 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
         .context("cannot install the metrics recorder")
 }
 
-/// Serves the admin listener on `address` until `shutdown` completes. Readiness is checked on
-/// `nats_url` (a connection of its own) against `needed`.
+/// Serves the admin listener on `address` until `shutdown` completes. Readiness is checked on a
+/// connection of its own to `endpoint` against `needed`.
 pub async fn serve<S: Future<Output = ()> + Send + 'static>(
     address: SocketAddr,
     metrics: PrometheusHandle,
-    nats_url: &str,
+    endpoint: &reno_nats::Endpoint,
     name: &str,
     needed: Vec<Needed>,
     shutdown: S,
@@ -65,10 +65,10 @@ pub async fn serve<S: Future<Output = ()> + Send + 'static>(
         .await
         .with_context(|| format!("cannot serve the admin listener on {address}"))?;
     // Connected in the background: the listener answers /livez (and 503 on /readyz) meanwhile.
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("{name}-admin"))
+    let client = endpoint
+        .options(&format!("{name}-admin"))
         .retry_on_initial_connect()
-        .connect(nats_url)
+        .connect(&endpoint.url)
         .await
         .context("admin connection")?;
     let readiness = Arc::new(Readiness { client, needed, last: Mutex::new(None) });

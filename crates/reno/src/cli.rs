@@ -38,6 +38,14 @@ pub enum Command {
     PullService(PullServiceArgs),
     /// Print the devices of a member that are online, one JSON line each.
     Presence(PresenceArgs),
+    /// Run the authorization service: answers the edges' auth callout, turning device tokens into
+    /// per-device permissions.
+    AuthService,
+    /// Mint a development device token (from `auth.dev_token_key_file`; never in production).
+    Token(TokenArgs),
+    /// Generate development secrets (nkeys, a TLS CA and certificate, a device-token key) into a
+    /// folder, with the environment for the configs in nats/ and a reno config pointing at them.
+    DevSecrets(DevSecretsArgs),
     /// Publish one event, as a service would, and wait until JetStream has stored it.
     Publish(PublishArgs),
     /// Watch as a device: push over websocket plus pull catch-up, one JSON line per notification.
@@ -120,7 +128,12 @@ impl Cli {
                 }
             }
             Command::Presence(args) => args.connect.apply(&mut config),
-            Command::Registry(_) | Command::Device(_) | Command::Config(_) => {}
+            Command::Registry(_)
+            | Command::Device(_)
+            | Command::Config(_)
+            | Command::AuthService
+            | Command::Token(_)
+            | Command::DevSecrets(_) => {}
         }
         config.validate()?;
         Ok(config)
@@ -288,6 +301,31 @@ impl PullServiceArgs {
 }
 
 #[derive(Args, Clone)]
+pub struct TokenArgs {
+    /// The member the device belongs to.
+    #[arg(long)]
+    pub member: MemberId,
+    /// Its device type.
+    #[arg(long)]
+    pub device_type: DeviceType,
+    /// Its device id.
+    #[arg(long)]
+    pub device_id: DeviceId,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub ttl_secs: u64,
+    /// The private development key (JWK) [config: auth.dev_token_key_file].
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct DevSecretsArgs {
+    /// The folder to fill (files already there are kept).
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Clone)]
 pub struct PresenceArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
@@ -301,8 +339,8 @@ pub struct UpArgs {
     pub provision: ProvisionArgs,
     #[command(flatten)]
     pub run: RunArgs,
-    /// Where devices connect, printed for the user (the websocket listener of nats/dev.conf).
-    #[arg(long, env = "RENO_WEBSOCKET_URL", default_value = "ws://127.0.0.1:9222")]
+    /// Where devices connect, printed for the user (the edge's websocket listener).
+    #[arg(long, env = "RENO_WEBSOCKET_URL", default_value = "wss://127.0.0.1:9443")]
     pub websocket_url: String,
 }
 
@@ -340,7 +378,7 @@ pub struct PublishArgs {
 #[derive(Args, Clone)]
 pub struct DeviceArgs {
     /// The edge's websocket address.
-    #[arg(long, env = "RENO_WEBSOCKET_URL", default_value = "ws://127.0.0.1:9222")]
+    #[arg(long, env = "RENO_WEBSOCKET_URL", default_value = "wss://127.0.0.1:9443")]
     pub url: String,
     /// The member whose notifications this device gets.
     #[arg(long)]
@@ -355,11 +393,12 @@ pub struct DeviceArgs {
     /// Exit after this many notifications (default: run until interrupted).
     #[arg(long)]
     pub count: Option<usize>,
-    /// The device's id, as its token names it: with it the device announces its presence and takes
-    /// replies on its own inbox prefix (an edge requires both).
+    /// The device's id, as its token names it (default: a new `cli-...` one). The device announces
+    /// its presence under it and takes replies on its own inbox prefix.
     #[arg(long)]
     pub device_id: Option<DeviceId>,
-    /// The device token (an edge requires one; `reno token` mints development tokens).
+    /// The device token (an edge requires one). Default: with `auth.dev_token_key_file` configured
+    /// (`reno dev-secrets`), a development token is minted for this device.
     #[arg(long, env = "RENO_DEVICE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// A CA certificate (PEM) to verify the edge's TLS certificate by.

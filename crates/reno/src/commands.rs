@@ -17,9 +17,10 @@ use tracing::info;
 use crate::{
     admin,
     cli::{
-        Command, ConfigCommand, DeviceArgs, PresenceArgs, PublishArgs, RegistryCommand, SetTypeArgs, UpArgs,
+        Command, ConfigCommand, DeviceArgs, PresenceArgs, PublishArgs, RegistryCommand, SetTypeArgs,
+        TokenArgs, UpArgs,
     },
-    config::{AdminAddr, Config},
+    config::{AdminAddr, Config, read_secret},
 };
 
 /// Runs one subcommand with the configuration it resolved to.
@@ -32,12 +33,28 @@ pub async fn run(command: Command, config: Config) -> Result<()> {
             let stop = Shutdown::on_signal();
             let needs = device_services_needs();
             start_admin(config.pull.admin_addr, &config, "reno-pull", needs, &stop).await?;
-            let client = reno_nats::connect_patiently(&config.nats.url, "reno-pull").await;
+            let client = reno_nats::connect_patiently(&config.endpoint()?, "reno-pull").await;
             device_services(client, &config, &stop).await
         }
         Command::Presence(args) => presence(args, &config).await,
+        Command::AuthService => {
+            let stop = Shutdown::on_signal();
+            start_admin(config.auth.admin_addr, &config, "reno-auth", vec![], &stop).await?;
+            auth_service(&config, &stop).await
+        }
+        Command::Token(args) => token(args, &config),
+        Command::DevSecrets(args) => {
+            let secrets = reno_auth::dev_secrets::generate(&args.dir)
+                .with_context(|| format!("cannot write development secrets into {}", args.dir.display()))?;
+            std::fs::write(secrets.path("reno.toml"), secrets.reno_config())?;
+            eprintln!(
+                "development secrets in {}: nats.env for the nats-server configs, reno.toml for reno",
+                args.dir.display()
+            );
+            Ok(())
+        }
         Command::Publish(args) => publish(args, &config).await,
-        Command::Device(args) => device(args).await,
+        Command::Device(args) => device(args, &config).await,
         Command::Registry(command) => registry(command, &config).await,
         Command::Config(ConfigCommand::Check) => {
             print!("{}", config.to_toml());
@@ -53,7 +70,7 @@ fn load_registry(path: &std::path::Path) -> Result<Arc<Registry>> {
 
 async fn provision(config: &Config) -> Result<()> {
     let registry = load_registry(&config.registry.path)?;
-    let client = connect(&config.nats.url, "reno-provision").await?;
+    let client = connect(&config.endpoint()?, "reno-provision").await?;
     let jetstream = async_nats::jetstream::new(client);
     let report = reno_nats::provision(&jetstream, &registry, &config.topology()).await?;
     for (stream, subjects) in report.streams {
@@ -64,7 +81,7 @@ async fn provision(config: &Config) -> Result<()> {
 
 /// Shows or changes the registry every process follows, while everything runs.
 async fn registry(command: RegistryCommand, config: &Config) -> Result<()> {
-    let client = connect(&config.nats.url, "reno-registry").await?;
+    let client = connect(&config.endpoint()?, "reno-registry").await?;
     let jetstream = async_nats::jetstream::new(client);
     let current = reno_nats::registry_store::load(&jetstream).await;
     let changed = match command {
@@ -125,24 +142,40 @@ async fn up(args: UpArgs, config: &Config) -> Result<()> {
     let mut needs = reno_worker::needs(&config.worker.priorities);
     needs.extend(device_services_needs());
     let admin = start_admin(config.worker.admin_addr, config, "reno-up", needs, &stop).await?;
-    let pull_client = reno_nats::connect_patiently(&nats_url, "reno-pull").await;
+    let pull_client = reno_nats::connect_patiently(&config.endpoint()?, "reno-pull").await;
     let pull = tokio::spawn({
         let (config, stop) = (config.clone(), stop.clone());
         async move { device_services(pull_client, &config, &stop).await }
     });
+    // With device token keys configured, the edges' authorization service runs here too.
+    let auth = config.auth.token_keys_file.is_some().then(|| {
+        let (config, stop) = (config.clone(), stop.clone());
+        tokio::spawn(async move { auth_service(&config, &stop).await })
+    });
     let program = std::env::args().next().unwrap_or_else(|| "reno".into());
     println!("reno is running (Ctrl-C stops it)");
     println!("  services publish to  {nats_url}  subject reno.evt.<type>.<member>");
+    // What a second terminal needs to reach this run: its config (credentials, development key)
+    // and the edge's CA.
+    let mut env = String::new();
+    for name in ["RENO_CONFIG", "RENO_DEVICE_CA", "RENO_WEBSOCKET_URL", "RENO_NATS_URL"] {
+        if let Ok(value) = std::env::var(name) {
+            env.push_str(&format!("{name}={value} "));
+        }
+    }
     println!(
-        "      try: {program} publish --type plan_changed --member m1 --payload '{{\"plan\":\"premium\"}}'"
+        "      try: {env}{program} publish --type plan_changed --member m1 --payload '{{\"plan\":\"premium\"}}'"
     );
     println!("  devices connect to   {}", args.websocket_url);
-    println!("      try: {program} device --member m1 --device-type tv");
+    println!("      try: {env}{program} device --member m1 --device-type tv");
     if let Some(address) = admin {
         println!("  metrics and health   http://{address}/metrics  /livez  /readyz");
     }
     run_worker(config, &stop).await?;
     pull.await??;
+    if let Some(auth) = auth {
+        auth.await??;
+    }
     Ok(())
 }
 
@@ -164,9 +197,66 @@ async fn device_services(client: async_nats::Client, config: &Config, stop: &Shu
     Ok(())
 }
 
+/// Runs the authorization service until the shutdown, on its own connection to the hub's auth
+/// account.
+async fn auth_service(config: &Config, stop: &Shutdown) -> Result<()> {
+    let auth = &config.auth;
+    let required = |key: &'static str, path: &Option<std::path::PathBuf>| {
+        read_secret(key, path.as_deref())?
+            .with_context(|| format!("{key} is not set; the authorization service needs it"))
+    };
+    let token_keys = reno_auth::TokenKeys::from_jwks(
+        &required("auth.token_keys_file", &auth.token_keys_file)?,
+        &auth.audience,
+    )
+    .context("auth.token_keys_file")?;
+    let issuer = nkeys::KeyPair::from_seed(&required("auth.issuer_seed_file", &auth.issuer_seed_file)?)
+        .map_err(|error| anyhow::anyhow!("auth.issuer_seed_file: {error}"))?;
+    let xkey = match read_secret("auth.xkey_seed_file", auth.xkey_seed_file.as_deref())? {
+        Some(seed) => Some(
+            nkeys::XKey::from_seed(&seed).map_err(|error| anyhow::anyhow!("auth.xkey_seed_file: {error}"))?,
+        ),
+        None => None,
+    };
+    let callout = reno_auth::callout::CalloutConfig {
+        token_keys,
+        issuer,
+        xkey,
+        account: auth.account.clone(),
+        max_connection: Duration::from_secs(auth.max_connection_secs),
+    };
+    let endpoint = reno_nats::Endpoint {
+        nkey_seed: read_secret("auth.nkey_seed_file", auth.nkey_seed_file.as_deref())?,
+        inbox_prefix: None,
+        ..config.endpoint()?
+    };
+    let client = reno_nats::connect_patiently(&endpoint, "reno-auth").await;
+    reno_auth::callout::run(client, callout, stop.wait()).await?;
+    Ok(())
+}
+
+/// Prints a development device token.
+fn token(args: TokenArgs, config: &Config) -> Result<()> {
+    let path = args.key.or_else(|| config.auth.dev_token_key_file.clone()).context(
+        "no development key: give --key FILE or set auth.dev_token_key_file (reno dev-secrets writes one)",
+    )?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let key = reno_auth::DevSigningKey::from_jwk(&text)
+        .with_context(|| format!("{} is not a private key", path.display()))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+    let identity = reno_auth::DeviceIdentity {
+        member: args.member,
+        device_type: args.device_type,
+        device_id: args.device_id,
+        expires_at: now + args.ttl_secs,
+    };
+    println!("{}", key.mint(&identity, &config.auth.audience, now));
+    Ok(())
+}
+
 /// Prints the devices of a member that are online, one JSON line each.
 async fn presence(args: PresenceArgs, config: &Config) -> Result<()> {
-    let client = connect(&config.nats.url, "reno-presence").await?;
+    let client = connect(&config.endpoint()?, "reno-presence").await?;
     let jetstream = async_nats::jetstream::new(client);
     let devices = reno_presence::online_devices(&jetstream, &args.member)
         .await
@@ -193,7 +283,7 @@ async fn worker(config: &Config) -> Result<()> {
 /// Runs the workers of the configured priorities until a signal, then gives in-flight events the
 /// grace period to finish.
 async fn run_worker(config: &Config, stop: &Shutdown) -> Result<()> {
-    let mut worker_config = WorkerConfig::new(config.nats.url.clone());
+    let mut worker_config = WorkerConfig::new(config.endpoint()?);
     worker_config.max_deliveries = config.worker.max_deliveries;
     worker_config.pools =
         config.worker.priorities.iter().map(|priority| (*priority, config.pool(*priority))).collect();
@@ -222,7 +312,7 @@ async fn start_admin(
 ) -> Result<Option<std::net::SocketAddr>> {
     let metrics = admin::install_metrics()?;
     let Some(address) = address.0 else { return Ok(None) };
-    let server = admin::serve(address, metrics, &config.nats.url, name, needs, stop.wait()).await?;
+    let server = admin::serve(address, metrics, &config.endpoint()?, name, needs, stop.wait()).await?;
     tokio::spawn(server);
     Ok(Some(address))
 }
@@ -241,7 +331,7 @@ async fn publish(args: PublishArgs, config: &Config) -> Result<()> {
         targets: (!args.targets.is_empty()).then_some(args.targets),
         collapse_key: args.collapse_key,
     };
-    let client = connect(&config.nats.url, "reno-publish").await?;
+    let client = connect(&config.endpoint()?, "reno-publish").await?;
     let mut publisher = Publisher::new(client.clone());
     if args.registry.is_some() {
         publisher = publisher.with_registry(load_registry(&config.registry.path)?);
@@ -258,11 +348,33 @@ async fn publish(args: PublishArgs, config: &Config) -> Result<()> {
     Ok(())
 }
 
-async fn device(args: DeviceArgs) -> Result<()> {
+async fn device(args: DeviceArgs, settings: &Config) -> Result<()> {
+    let device_id = match args.device_id {
+        Some(device_id) => device_id,
+        None => reno_model::DeviceId::new(format!("cli-{}", &nuid::next().to_string()[..10]))?,
+    };
+    // With a development key configured (reno dev-secrets), a token is minted for the watcher.
+    let token = match (args.token, &settings.auth.dev_token_key_file) {
+        (Some(token), _) => Some(token),
+        (None, Some(key)) => {
+            let text =
+                std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?;
+            let key = reno_auth::DevSigningKey::from_jwk(&text)?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+            let identity = reno_auth::DeviceIdentity {
+                member: args.member.clone(),
+                device_type: args.device_type.clone(),
+                device_id: device_id.clone(),
+                expires_at: now + 24 * 3600,
+            };
+            Some(key.mint(&identity, &settings.auth.audience, now))
+        }
+        (None, None) => None,
+    };
     let mut config = DeviceConfig::new(args.url, args.member, args.device_type);
     config.position = args.from;
-    config.device_id = args.device_id;
-    config.token = args.token;
+    config.device_id = Some(device_id);
+    config.token = token;
     config.root_certificates = args.ca;
     let mut device = Device::connect(config).await?;
     let stop = Shutdown::on_signal();
@@ -298,9 +410,12 @@ async fn device(args: DeviceArgs) -> Result<()> {
 }
 
 /// Connects once for a one-shot command, saying what to check when no server answers.
-async fn connect(url: &str, name: &str) -> Result<async_nats::Client> {
-    reno_nats::connect(url, name).await.with_context(|| {
-        format!("cannot connect to NATS at {url}; is nats-server running (scripts/dev starts one)?")
+async fn connect(endpoint: &reno_nats::Endpoint, name: &str) -> Result<async_nats::Client> {
+    reno_nats::connect(endpoint, name).await.with_context(|| {
+        format!(
+            "cannot connect to NATS at {}; is nats-server running (scripts/dev starts one)?",
+            endpoint.url
+        )
     })
 }
 

@@ -26,6 +26,7 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub nats: NatsSection,
+    pub auth: AuthSection,
     pub registry: RegistrySection,
     pub streams: StreamsSection,
     pub worker: WorkerSection,
@@ -33,12 +34,53 @@ pub struct Config {
     pub log: LogSection,
 }
 
-/// Where reno's processes and services reach NATS (the hub).
+/// Where reno's processes and services reach NATS (the hub), and as whom.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsSection {
     /// Server URLs of the hub, comma-separated.
     pub url: String,
+    /// The nkey seed (a file holding `SU...`) this process signs in with; none for a server that
+    /// asks for no credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// An inbox prefix for replies, for a user allowed only its own (a publishing service's
+    /// `_INBOX_publisher`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbox_prefix: Option<String>,
+    /// A CA certificate (PEM) for TLS to the hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The authorization service: turns device tokens into NATS permissions for the edges.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// The operator's public keys for device tokens, as a JWKS file. Without it, `reno up` runs no
+    /// authorization service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_keys_file: Option<PathBuf>,
+    /// The audience (`aud`) a device token must name.
+    pub audience: String,
+    /// The nkey seed the service signs in to the hub's auth account with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// The account seed (`SA...`) named as `issuer` in the edges' `auth_callout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer_seed_file: Option<PathBuf>,
+    /// The curve seed (`SX...`) named as `xkey` in the edges' `auth_callout`, if it names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xkey_seed_file: Option<PathBuf>,
+    /// The edge account devices are placed in.
+    pub account: String,
+    /// The longest a device connection lives before it must connect with a token again.
+    pub max_connection_secs: u64,
+    /// A development signing key (private JWK) for `reno token`; never in production.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_token_key_file: Option<PathBuf>,
+    /// Where a separate `reno auth-service` serves `/metrics`, `/livez`, `/readyz`; `off` for none.
+    pub admin_addr: AdminAddr,
 }
 
 /// The event-type registry.
@@ -168,7 +210,28 @@ impl<'de> Deserialize<'de> for AdminAddr {
 
 impl Default for NatsSection {
     fn default() -> Self {
-        NatsSection { url: "nats://127.0.0.1:4222".into() }
+        NatsSection {
+            url: "nats://127.0.0.1:4222".into(),
+            nkey_seed_file: None,
+            inbox_prefix: None,
+            ca_file: None,
+        }
+    }
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            token_keys_file: None,
+            audience: reno_auth::device_token::DEFAULT_AUDIENCE.into(),
+            nkey_seed_file: None,
+            issuer_seed_file: None,
+            xkey_seed_file: None,
+            account: "CONN".into(),
+            max_connection_secs: 24 * 3600,
+            dev_token_key_file: None,
+            admin_addr: AdminAddr(Some(([127, 0, 0, 1], 9466).into())),
+        }
     }
 }
 
@@ -293,6 +356,9 @@ impl Config {
                 return invalid(key, "must be at least 1 second");
             }
         }
+        if self.auth.max_connection_secs == 0 {
+            return invalid("auth.max_connection_secs", "must be at least 1 second");
+        }
         if self.worker.priorities.is_empty() {
             return invalid("worker.priorities", "is empty; name at least one of high, normal, low");
         }
@@ -315,6 +381,16 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// Where reno's own processes connect: the hub, with this process's credentials.
+    pub fn endpoint(&self) -> Result<reno_nats::Endpoint, ConfigError> {
+        Ok(reno_nats::Endpoint {
+            url: self.nats.url.clone(),
+            nkey_seed: read_secret("nats.nkey_seed_file", self.nats.nkey_seed_file.as_deref())?,
+            inbox_prefix: self.nats.inbox_prefix.clone(),
+            root_certificates: self.nats.ca_file.clone(),
+        })
     }
 
     /// The provisioning settings.
@@ -352,6 +428,16 @@ impl Config {
             Priority::Low => &mut self.worker.low,
         }
     }
+}
+
+/// The trimmed contents of a secret file named by `key`, if one is named.
+pub fn read_secret(key: &'static str, path: Option<&std::path::Path>) -> Result<Option<String>, ConfigError> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Invalid {
+        key,
+        message: format!("cannot read {}: {error}", path.display()),
+    })?;
+    Ok(Some(text.trim().to_owned()))
 }
 
 /// Replaces each leaf of `tree` whose environment variable (`prefix` plus its path) is set.
