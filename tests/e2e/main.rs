@@ -4,6 +4,7 @@
 
 mod support;
 
+mod attacks;
 mod config;
 mod dead_letters;
 mod delivery;
