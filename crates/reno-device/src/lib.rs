@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 mod merge;
+#[cfg(test)]
+mod merge_properties;
 mod presence;
 
 use std::{

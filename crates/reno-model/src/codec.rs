@@ -21,6 +21,23 @@ pub enum DecodeError {
     Malformed(String),
 }
 
+/// The size of a message once encoded, without keeping the bytes.
+pub fn encoded_len<T: Serialize>(message: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0 += data.len();
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    ciborium::into_writer(message, &mut counter).expect("counting cannot fail");
+    counter.0
+}
+
 /// Encodes a message as CBOR.
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(256);
@@ -30,11 +47,22 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
 
 /// Decodes a CBOR message of at most `max_bytes`, refusing deep nesting and unknown shapes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_bytes: usize) -> Result<T, DecodeError> {
+    decode_nested(bytes, max_bytes, MAX_NESTING)
+}
+
+/// [`decode`] for a message that holds an event's payload `extra_levels` deeper than an envelope
+/// does (a pull page: its map, its array, the notification's map), so that whatever nesting an
+/// envelope may have, the messages built from it read back.
+pub fn decode_nested<T: DeserializeOwned>(
+    bytes: &[u8],
+    max_bytes: usize,
+    max_nesting: usize,
+) -> Result<T, DecodeError> {
     if bytes.len() > max_bytes {
         return Err(DecodeError::TooLarge { size: bytes.len(), max: max_bytes });
     }
     let mut reader = bytes;
-    let message = ciborium::de::from_reader_with_recursion_limit(&mut reader, MAX_NESTING).map_err(
+    let message = ciborium::de::from_reader_with_recursion_limit(&mut reader, max_nesting).map_err(
         |error| match error {
             ciborium::de::Error::RecursionLimitExceeded => DecodeError::TooDeep,
             ciborium::de::Error::Io(error) => DecodeError::Malformed(format!("truncated ({error})")),

@@ -98,9 +98,17 @@ pub struct Route<'a> {
 }
 
 impl Envelope {
-    /// Decodes an envelope with the size and nesting limits of an event.
+    /// Decodes an envelope with the size and nesting limits of an event. The size is checked twice:
+    /// as received, and as reno will write it again (a CBOR reader may take a value in a short form,
+    /// a bignum for one, that comes back longer), so that every message built from the event stays
+    /// within the limits its readers apply.
     pub fn decode(bytes: &[u8]) -> Result<Self, InvalidEvent> {
-        Ok(codec::decode(bytes, MAX_EVENT_BYTES)?)
+        let envelope: Envelope = codec::decode(bytes, MAX_EVENT_BYTES)?;
+        let reencoded = codec::encoded_len(&envelope);
+        if reencoded > MAX_EVENT_BYTES {
+            return Err(DecodeError::TooLarge { size: reencoded, max: MAX_EVENT_BYTES }.into());
+        }
+        Ok(envelope)
     }
 
     /// Encodes the envelope as CBOR.

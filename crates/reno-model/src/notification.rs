@@ -193,8 +193,10 @@ impl PullPage {
         codec::encode(self)
     }
 
+    /// A page holds each payload two levels deeper than an envelope (its own map and array), so it
+    /// is read with two more levels, and any page of valid notifications reads back.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        codec::decode(bytes, MAX_PAGE_BYTES + 1024)
+        codec::decode_nested(bytes, MAX_PAGE_BYTES + 1024, codec::MAX_NESTING + 2)
     }
 }
 

@@ -89,7 +89,7 @@ pub(crate) fn fold(written: &[Written]) -> Outcome {
 /// Whether a delivery count this far past the bound means the event takes its workers down with
 /// it (a crash or a panic every time): it never reached an outcome that would have stopped it.
 pub(crate) fn is_poison(deliveries: i64, max_deliveries: i64) -> bool {
-    deliveries > 2 * max_deliveries
+    deliveries > max_deliveries.saturating_mul(2)
 }
 
 /// Delay before redelivery after the n-th failed delivery: 1 s, doubling, at most 60 s.

@@ -9,6 +9,8 @@
 pub mod config;
 mod dead_letter;
 mod gates;
+#[cfg(test)]
+mod gates_properties;
 mod history;
 pub mod outcome;
 mod pipeline;
