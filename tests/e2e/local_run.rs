@@ -97,7 +97,7 @@ async fn heavy_a_terminated_worker_drains_and_exits_cleanly() {
     // (An event is counted as received when it arrives and by its outcome after its ack: wait for
     // the last outcomes.)
     let taken = stack.counter(second, "reno_worker_events_total", &[("outcome", "received")]).await;
-    assert!(taken < 1800, "the second worker took {taken} events: the first left too many");
+    assert!(taken <= 1800, "the second worker took {taken} events: the first left too many");
     stack.wait_for_counter(second, "reno_worker_events_total", &[("outcome", "delivered")], taken).await;
     let outcomes = ["duplicate", "stale", "collapsed", "retried", "dead_lettered"];
     for outcome in outcomes {

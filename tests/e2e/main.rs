@@ -9,6 +9,7 @@ mod config;
 mod dead_letters;
 mod delivery;
 mod gates;
+mod gateway;
 mod health;
 mod history_writes;
 mod local_run;

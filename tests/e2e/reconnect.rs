@@ -110,5 +110,5 @@ async fn a_type_added_while_a_worker_runs_is_delivered_by_it() {
     assert_eq!(page.notifications.len(), 1);
     assert_eq!(page.notifications[0].id, newcomer.id);
     assert_eq!(stack.counter(worker, "reno_worker_events_total", &[("outcome", "dead_lettered")]).await, 0);
-    assert_eq!(stack.counter(worker, "reno_worker_registry_updates_total", &[]).await, 1);
+    assert_eq!(stack.counter(worker, "reno_registry_updates_total", &[]).await, 1);
 }

@@ -78,7 +78,7 @@ async fn heavy_a_type_moves_to_another_priority_under_load_without_losing_an_eve
         received.insert(next_notification(&mut tv).await.id.to_string());
     }
     assert_eq!(received, published);
-    stack.wait_for_counter(worker, "reno_worker_registry_updates_total", &[], 1).await;
+    stack.wait_for_counter(worker, "reno_registry_updates_total", &[], 1).await;
     assert_eq!(stack.counter(worker, "reno_worker_events_total", &[("outcome", "dead_lettered")]).await, 0);
 }
 
@@ -90,7 +90,7 @@ async fn a_staleness_threshold_changes_without_a_restart() {
     let early = publish_retrying(&stack, "lasting", "noa", 200).await;
 
     registry(&stack, &["registry", "set", "lasting", "--stale-after-secs", "1"]);
-    stack.wait_for_counter(worker, "reno_worker_registry_updates_total", &[], 1).await;
+    stack.wait_for_counter(worker, "reno_registry_updates_total", &[], 1).await;
     // The same running worker now drops an event that waited longer than the new threshold: it is
     // frozen while the event waits, then let go.
     stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 200).await;

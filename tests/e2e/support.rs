@@ -172,6 +172,28 @@ impl Stack {
         self.processes.len() - 1
     }
 
+    /// Starts `reno gateway` on a free port and waits until it answers; returns its port.
+    pub async fn start_gateway(&mut self) -> u16 {
+        let port = free_port();
+        let mut command = self.reno(&["gateway"]);
+        command
+            .env("RENO_GATEWAY_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("RENO_GATEWAY_ADMIN_ADDR", "off")
+            .env("RENO_GATEWAY_WEB_DIR", repo_root().join("web/device/dist"));
+        let process = Process::spawn(command).expect("start reno gateway");
+        self.processes.push((process, 0));
+        eventually("the gateway answers", || {
+            std::future::ready(http_get(port, "/livez").is_some_and(|(status, _)| status == 200))
+        })
+        .await;
+        port
+    }
+
+    /// The service token the gateway accepts.
+    pub fn service_token(&self) -> String {
+        std::fs::read_to_string(self.cluster.secrets.path("service-token")).unwrap().trim().to_owned()
+    }
+
     /// Waits until a pull service answers the NATS service API's ping.
     pub async fn wait_for_pull_service(&self) {
         let ping = format!("$SRV.PING.{}", reno_model::subject::PULL_SERVICE);
@@ -184,6 +206,12 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// How many messages a stream has ever stored (its last sequence).
+    pub async fn ever_stored(&self, stream: &str) -> u64 {
+        let mut stream = self.jetstream.get_stream(stream).await.unwrap();
+        stream.info().await.unwrap().state.last_sequence
     }
 
     /// Messages a stream holds.
@@ -285,8 +313,9 @@ impl Stack {
         options.connect(url).await
     }
 
-    /// A device token for the topology, signed by its development key, valid for `ttl_secs`.
-    pub fn token(&self, member: &str, device_type: &str, device_id: &str, ttl_secs: u64) -> String {
+    /// A device token for the topology, signed by its development key, valid for `ttl_secs` (expired
+    /// that long ago if negative).
+    pub fn token(&self, member: &str, device_type: &str, device_id: &str, ttl_secs: i64) -> String {
         let text = std::fs::read_to_string(self.cluster.secrets.path("device-token-key.jwk")).unwrap();
         let key = reno_auth::DevSigningKey::from_jwk(&text).unwrap();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
@@ -294,7 +323,7 @@ impl Stack {
             member: member_id(member),
             device_type: device(device_type),
             device_id: DeviceId::new(device_id).unwrap(),
-            expires_at: now + ttl_secs,
+            expires_at: now.saturating_add_signed(ttl_secs),
         };
         key.mint(&identity, "reno", now)
     }
@@ -444,15 +473,53 @@ fn scrape(port: u16) -> String {
 
 /// A plain HTTP GET on loopback: the status and the body, or `None` while nothing listens.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http(port, "GET", path, &[], b"")
+        .map(|(status, body)| (status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A plain HTTP/1.1 request on loopback: the status and the body (de-chunked), or `None` while
+/// nothing listens.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, Vec<u8>)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    Some((status, body))
+    stream.write_all(body).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let split = response.windows(4).position(|window| window == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let mut content = response[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        content = dechunk(&content);
+    }
+    Some((status, content))
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut chunked: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(end) = chunked.windows(2).position(|window| window == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&chunked[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunked[end + 2..end + 2 + size]);
+        chunked = &chunked[end + 2 + size + 2..];
+    }
+    body
 }
 
 /// Sums the samples of a Prometheus counter whose labels include all of `labels`.

@@ -26,6 +26,7 @@ const USERS: &[(&str, &str)] = &[
     ("sys", "the system account"),
     ("edge_admin", "an edge's local AUTH user (the callout's auth_users)"),
 ];
+// Also written: `service-token`, a token services present to the HTTP gateway.
 
 /// The secrets of one topology, in `dir`.
 #[derive(Debug, Clone)]
@@ -55,6 +56,11 @@ pub fn generate(dir: &Path) -> io::Result<DevSecrets> {
         std::fs::write(secrets.path("device-token-keys.jwks"), jwks(&[key.public_jwk()]))?;
         write_private(&secrets.path("device-token-key.jwk"), &key.private_jwk())?;
     }
+    write_new(&secrets.path("service-token"), || {
+        let mut bytes = [0u8; 24];
+        getrandom::fill(&mut bytes).expect("the system has randomness");
+        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    })?;
     std::fs::write(secrets.path("nats.env"), secrets.nats_env_file())?;
     Ok(secrets)
 }
@@ -104,13 +110,15 @@ impl DevSecrets {
         let path = |name: &str| self.path(name).display().to_string();
         format!(
             "[nats]\nnkey_seed_file = {reno:?}\n\n[auth]\ntoken_keys_file = {jwks:?}\nnkey_seed_file = {authsvc:?}\n\
-             issuer_seed_file = {issuer:?}\nxkey_seed_file = {xkey:?}\ndev_token_key_file = {key:?}\n",
+             issuer_seed_file = {issuer:?}\nxkey_seed_file = {xkey:?}\ndev_token_key_file = {key:?}\n\n\
+             [gateway]\nservice_tokens_file = {service:?}\n",
             reno = path("reno.nk"),
             jwks = path("device-token-keys.jwks"),
             authsvc = path("authsvc.nk"),
             issuer = path("callout_issuer.nk"),
             xkey = path("callout_xkey.xk"),
             key = path("device-token-key.jwk"),
+            service = path("service-token"),
         )
     }
 }

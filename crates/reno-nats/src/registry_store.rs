@@ -2,11 +2,16 @@
 //! holding the registry file's text. `reno provision` and `reno registry` write it; workers and the
 //! gateway read it at start and watch it, so a change takes effect without a restart.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, kv};
 use futures::{Stream, StreamExt};
 use reno_model::{Registry, RegistryError, subject};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Counter of registry changes a process has taken on since it started.
+pub const UPDATES_METRIC: &str = "reno_registry_updates_total";
 
 /// Why the stored registry could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -74,4 +79,43 @@ pub async fn watch(
 }
 
 /// How long a watcher waits before it watches again after its watch ended.
-pub const REWATCH_DELAY: Duration = Duration::from_secs(1);
+const REWATCH_DELAY: Duration = Duration::from_secs(1);
+
+/// Reads the registry in force and keeps following it, in a task of the current runtime: every change
+/// is in the receiver at once, for whoever reads it next. Follows until every receiver is gone.
+pub async fn follow(
+    jetstream: jetstream::Context,
+) -> Result<watch::Receiver<Arc<Registry>>, RegistryStoreError> {
+    let registry = load(&jetstream).await?;
+    info!(types = registry.type_names(), "registry read");
+    let (sender, receiver) = watch::channel(Arc::new(registry));
+    tokio::spawn(async move {
+        loop {
+            match watch(&jetstream).await {
+                Ok(updates) => {
+                    let mut updates = std::pin::pin!(updates);
+                    while let Some(update) = updates.next().await {
+                        match update {
+                            // The first one is the registry already read, unless it just changed.
+                            Ok(registry) if **sender.borrow() == registry => {}
+                            Ok(registry) => {
+                                info!(types = registry.type_names(), "registry changed");
+                                metrics::counter!(UPDATES_METRIC).increment(1);
+                                if sender.send(Arc::new(registry)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(error) => warn!(%error, "registry update ignored"),
+                        }
+                    }
+                }
+                Err(error) => warn!(%error, "cannot watch the registry"),
+            }
+            if sender.is_closed() {
+                return;
+            }
+            tokio::time::sleep(REWATCH_DELAY).await;
+        }
+    });
+    Ok(receiver)
+}

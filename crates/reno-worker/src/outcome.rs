@@ -14,8 +14,6 @@ pub const RETRIES_METRIC: &str = "reno_worker_retries_total";
 /// Counter of pushes by priority, device type and result: `sent`, or `skipped_offline` when no
 /// device of the type was online (the notification waits in the history).
 pub const PUSHES_METRIC: &str = "reno_worker_pushes_total";
-/// Counter of registry changes a worker process has taken on since it started.
-pub const REGISTRY_UPDATES_METRIC: &str = "reno_worker_registry_updates_total";
 /// Histogram of seconds from the server receiving an event to the worker acking it.
 pub const LATENCY_METRIC: &str = "reno_worker_event_seconds";
 

@@ -113,37 +113,7 @@ async fn follow(
     let client = reno_nats::connect_patiently(nats, "reno-worker-follow").await;
     let jetstream = jetstream::new(client);
     let presence = PresenceView::follow(jetstream.clone());
-    let registry = reno_nats::registry_store::load(&jetstream).await.map_err(WorkerError::Registry)?;
-    info!(types = registry.type_names(), "registry read");
-    let (sender, receiver) = watch::channel(Arc::new(registry));
-    tokio::spawn(async move {
-        loop {
-            match reno_nats::registry_store::watch(&jetstream).await {
-                Ok(updates) => {
-                    let mut updates = std::pin::pin!(updates);
-                    while let Some(update) = updates.next().await {
-                        match update {
-                            // The first one is the registry already read, unless it just changed.
-                            Ok(registry) if **sender.borrow() == registry => {}
-                            Ok(registry) => {
-                                info!(types = registry.type_names(), "registry changed");
-                                metrics::counter!(outcome::REGISTRY_UPDATES_METRIC).increment(1);
-                                if sender.send(Arc::new(registry)).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(error) => warn!(%error, "registry update ignored"),
-                        }
-                    }
-                }
-                Err(error) => warn!(%error, "cannot watch the registry"),
-            }
-            if sender.is_closed() {
-                return;
-            }
-            tokio::time::sleep(reno_nats::registry_store::REWATCH_DELAY).await;
-        }
-    });
+    let receiver = reno_nats::registry_store::follow(jetstream).await.map_err(WorkerError::Registry)?;
     Ok((receiver, presence))
 }
 

@@ -41,6 +41,9 @@ pub enum Command {
     /// Run the authorization service: answers the edges' auth callout, turning device tokens into
     /// per-device permissions.
     AuthService,
+    /// Run the HTTP gateway: events from services, pull for devices that cannot hold a socket,
+    /// presence, liveness and readiness, and the browser device page.
+    Gateway,
     /// Mint a development device token (from `auth.dev_token_key_file`; never in production).
     Token(TokenArgs),
     /// Generate development secrets (nkeys, a TLS CA and certificate, a device-token key) into a
@@ -132,6 +135,7 @@ impl Cli {
             | Command::Device(_)
             | Command::Config(_)
             | Command::AuthService
+            | Command::Gateway
             | Command::Token(_)
             | Command::DevSecrets(_) => {}
         }

@@ -42,6 +42,13 @@ pub async fn run(command: Command, config: Config) -> Result<()> {
             start_admin(config.auth.admin_addr, &config, "reno-auth", vec![], &stop).await?;
             auth_service(&config, &stop).await
         }
+        Command::Gateway => {
+            let stop = Shutdown::on_signal();
+            let needs =
+                vec![reno_nats::readiness::Needed::Bucket(reno_model::subject::REGISTRY_BUCKET.to_owned())];
+            start_admin(config.gateway.admin_addr, &config, "reno-gateway", needs, &stop).await?;
+            gateway(&config, &stop).await
+        }
         Command::Token(args) => token(args, &config),
         Command::DevSecrets(args) => {
             let secrets = reno_auth::dev_secrets::generate(&args.dir)
@@ -147,10 +154,16 @@ async fn up(args: UpArgs, config: &Config) -> Result<()> {
         let (config, stop) = (config.clone(), stop.clone());
         async move { device_services(pull_client, &config, &stop).await }
     });
-    // With device token keys configured, the edges' authorization service runs here too.
+    // With device token keys configured, the edges' authorization service and the gateway run
+    // here too.
     let auth = config.auth.token_keys_file.is_some().then(|| {
         let (config, stop) = (config.clone(), stop.clone());
         tokio::spawn(async move { auth_service(&config, &stop).await })
+    });
+    let gateway_listen = config.gateway.listen_addr.0.filter(|_| config.auth.token_keys_file.is_some());
+    let gateway_task = gateway_listen.map(|_| {
+        let (config, stop) = (config.clone(), stop.clone());
+        tokio::spawn(async move { gateway(&config, &stop).await })
     });
     let program = std::env::args().next().unwrap_or_else(|| "reno".into());
     println!("reno is running (Ctrl-C stops it)");
@@ -168,6 +181,14 @@ async fn up(args: UpArgs, config: &Config) -> Result<()> {
     );
     println!("  devices connect to   {}", args.websocket_url);
     println!("      try: {env}{program} device --member m1 --device-type tv");
+    if let Some(address) = gateway_listen {
+        println!(
+            "  HTTP gateway         http://{address}  (POST /v1/events, GET /v1/pull, GET /v1/presence/<member>)"
+        );
+        if let Some(url) = browser_device_url(config, address, &args.websocket_url) {
+            println!("  browser device       {url}");
+        }
+    }
     if let Some(address) = admin {
         println!("  metrics and health   http://{address}/metrics  /livez  /readyz");
     }
@@ -176,7 +197,28 @@ async fn up(args: UpArgs, config: &Config) -> Result<()> {
     if let Some(auth) = auth {
         auth.await??;
     }
+    if let Some(gateway) = gateway_task {
+        gateway.await??;
+    }
     Ok(())
+}
+
+/// With a development key configured, the page's address with a development token for member m1's
+/// browser in it, ready to open.
+fn browser_device_url(config: &Config, gateway: std::net::SocketAddr, websocket_url: &str) -> Option<String> {
+    let key = std::fs::read_to_string(config.auth.dev_token_key_file.as_ref()?).ok()?;
+    let key = reno_auth::DevSigningKey::from_jwk(&key).ok()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+    let identity = reno_auth::DeviceIdentity {
+        member: reno_model::MemberId::new("m1").ok()?,
+        device_type: reno_model::DeviceType::new("browser").ok()?,
+        device_id: reno_model::DeviceId::new("browser-1").ok()?,
+        expires_at: now + 24 * 3600,
+    };
+    let token = key.mint(&identity, &config.auth.audience, now);
+    Some(format!(
+        "http://{gateway}/?server={websocket_url}&member=m1&device_type=browser&device_id=browser-1&token={token}"
+    ))
 }
 
 /// What the services devices talk to need: the history, and the presence bucket.
@@ -232,6 +274,33 @@ async fn auth_service(config: &Config, stop: &Shutdown) -> Result<()> {
     };
     let client = reno_nats::connect_patiently(&endpoint, "reno-auth").await;
     reno_auth::callout::run(client, callout, stop.wait()).await?;
+    Ok(())
+}
+
+/// Runs the HTTP gateway until the shutdown.
+async fn gateway(config: &Config, stop: &Shutdown) -> Result<()> {
+    let Some(listen) = config.gateway.listen_addr.0 else {
+        bail!("gateway.listen_addr is off: nowhere to listen")
+    };
+    let keys = read_secret("auth.token_keys_file", config.auth.token_keys_file.as_deref())?
+        .context("auth.token_keys_file is not set; the gateway needs it to check device tokens")?;
+    let token_keys =
+        reno_auth::TokenKeys::from_jwks(&keys, &config.auth.audience).context("auth.token_keys_file")?;
+    let service_tokens =
+        read_secret("gateway.service_tokens_file", config.gateway.service_tokens_file.as_deref())?
+            .map(|text| {
+                text.lines().map(str::trim).filter(|line| !line.is_empty()).map(str::to_owned).collect()
+            })
+            .unwrap_or_default();
+    let client = reno_nats::connect_patiently(&config.endpoint()?, "reno-gateway").await;
+    let registry = reno_nats::registry_store::follow(async_nats::jetstream::new(client.clone())).await?;
+    let gateway_config = reno_gateway::GatewayConfig {
+        listen,
+        token_keys,
+        service_tokens,
+        web_dir: config.gateway.web_dir.clone(),
+    };
+    reno_gateway::run(client, registry, gateway_config, stop.wait()).await?;
     Ok(())
 }
 

@@ -31,6 +31,7 @@ pub struct Config {
     pub streams: StreamsSection,
     pub worker: WorkerSection,
     pub pull: PullSection,
+    pub gateway: GatewaySection,
     pub log: LogSection,
 }
 
@@ -149,6 +150,22 @@ pub struct PoolSection {
 #[serde(default, deny_unknown_fields)]
 pub struct PullSection {
     /// Where Prometheus scrapes a separate pull service's metrics; `off` for none.
+    pub admin_addr: AdminAddr,
+}
+
+/// The HTTP gateway: events from services, pull for legacy devices, presence, the browser page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Where it listens; `off` for no gateway in `reno up`.
+    pub listen_addr: AdminAddr,
+    /// A file with the tokens services present (`Authorization: Bearer`), one per line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_tokens_file: Option<PathBuf>,
+    /// The built browser device page (`index.html`, `app.js`); none to serve no page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_dir: Option<PathBuf>,
+    /// Where a separate `reno gateway` serves `/metrics`, `/livez`, `/readyz`; `off` for none.
     pub admin_addr: AdminAddr,
 }
 
@@ -279,6 +296,17 @@ impl Default for WorkerSection {
 impl Default for PullSection {
     fn default() -> Self {
         PullSection { admin_addr: AdminAddr(Some(([127, 0, 0, 1], 9465).into())) }
+    }
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            listen_addr: AdminAddr(Some(([127, 0, 0, 1], 8080).into())),
+            service_tokens_file: None,
+            web_dir: Some("web/device/dist".into()),
+            admin_addr: AdminAddr(Some(([127, 0, 0, 1], 9467).into())),
+        }
     }
 }
 
