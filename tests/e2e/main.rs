@@ -5,6 +5,7 @@
 mod support;
 
 mod attacks;
+mod browser;
 mod config;
 mod dead_letters;
 mod delivery;

@@ -10,7 +10,8 @@
 //     servers: 'ws://127.0.0.1:9222',       // or an array; wss:// uses the browser's TLS and trust store
 //     member: 'm1', deviceType: 'browser',  // tokens: 1-64 of [A-Za-z0-9_-], checked before any subject
 //     position: localStorage.getItem(KEY),  // 'CURSOR[:EPOCH[:TIME]]', {cursor, epoch, cursorTimeMs}, or null
-//     token, inboxPrefix,                   // optional, passed to NATS as is (auth token, inbox prefix)
+//     token, inboxPrefix,                   // optional, passed to NATS as is (auth token, inbox prefix;
+//                                           // with a deviceId, default _INBOX.<member>.<type>.<deviceId>)
 //     deviceId, presenceIntervalMs,         // optional: presence heartbeats, only when deviceId is given
 //     onEvent(event) {},                    // {kind:'notification', notification, position} | {kind:'resync', position}
 //     onPosition(position) {},              // the position to persist changed (save formatPosition(position))
@@ -166,7 +167,8 @@ export class RenoDevice {
           servers: o.servers,
           name: o.name ?? `reno-device-${o.deviceType}`,
           token: o.token,
-          inboxPrefix: o.inboxPrefix,
+          // The edges let a device take replies only under its own prefix (docs/protocol.md).
+          inboxPrefix: o.inboxPrefix ?? (o.deviceId ? `_INBOX.${o.member}.${o.deviceType}.${o.deviceId}` : undefined),
           reconnect: true,
           maxReconnectAttempts: -1,
           reconnectTimeWait: o.retryMs,
