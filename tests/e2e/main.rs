@@ -9,6 +9,7 @@ mod browser;
 mod config;
 mod dead_letters;
 mod delivery;
+mod edges;
 mod gates;
 mod gateway;
 mod health;

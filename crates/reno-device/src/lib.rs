@@ -43,10 +43,24 @@ const AFTER_CONNECT_CATCH_UP: Duration = Duration::from_secs(2);
 /// time-to-live (60 s by default), which must cover three of these.
 pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(20);
 
+/// The servers of a comma-separated list of URLs (the edges a device may use).
+fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, async_nats::ConnectError> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>().map_err(|error| {
+                async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, error)
+            })
+        })
+        .collect()
+}
+
 /// Who the device is and where it connects.
 #[derive(Debug, Clone)]
 pub struct DeviceConfig {
-    /// The edge's websocket address (`ws://` or `wss://`); `nats://` works too.
+    /// The edges' websocket addresses (`wss://`, comma-separated: it moves to another when its edge
+    /// goes); `nats://` works too.
     pub url: String,
     pub member: MemberId,
     pub device_type: DeviceType,
@@ -198,7 +212,10 @@ impl Device {
             options = options.add_root_certificates(certificates.clone());
         }
         let client = options
-            .connect(&config.url)
+            .connect(
+                server_addrs(&config.url)
+                    .map_err(|source| DeviceError::Connect { url: config.url.clone(), source })?,
+            )
             .await
             .map_err(|source| DeviceError::Connect { url: config.url.clone(), source })?;
         let pushes = client

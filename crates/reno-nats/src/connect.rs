@@ -43,13 +43,26 @@ impl Endpoint {
     }
 }
 
+/// The servers of a comma-separated list of URLs.
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, async_nats::ConnectError> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>().map_err(|error| {
+                async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, error)
+            })
+        })
+        .collect()
+}
+
 /// Connects once, for commands that should fail at once with a clear error when no server is
 /// there. Once connected, the client reconnects by itself after any outage.
 pub async fn connect(
     endpoint: &Endpoint,
     name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    endpoint.options(name).connect(&endpoint.url).await
+    endpoint.options(name).connect(server_addrs(&endpoint.url)?).await
 }
 
 /// Connects, trying again until a server answers: for services, whose start order relative to
@@ -57,7 +70,11 @@ pub async fn connect(
 pub async fn connect_patiently(endpoint: &Endpoint, name: &str) -> async_nats::Client {
     let mut delay = Duration::from_millis(250);
     loop {
-        match endpoint.options(name).connect(&endpoint.url).await {
+        let connected = match server_addrs(&endpoint.url) {
+            Ok(servers) => endpoint.options(name).connect(servers).await,
+            Err(error) => Err(error),
+        };
+        match connected {
             Ok(client) => return client,
             Err(error) => {
                 warn!(url = endpoint.url, %error, retry_in = ?delay, "cannot connect to NATS yet");

@@ -10,7 +10,7 @@ pub mod readiness;
 pub mod registry_store;
 pub mod topology;
 
-pub use connect::{Endpoint, connect, connect_patiently};
+pub use connect::{Endpoint, connect, connect_patiently, server_addrs};
 pub use publisher::{PublishError, Publisher};
 pub use registry_store::RegistryStoreError;
 pub use topology::{ProvisionError, Topology, apply_registry, provision};

@@ -68,7 +68,7 @@ pub async fn serve<S: Future<Output = ()> + Send + 'static>(
     let client = endpoint
         .options(&format!("{name}-admin"))
         .retry_on_initial_connect()
-        .connect(&endpoint.url)
+        .connect(reno_nats::server_addrs(&endpoint.url)?)
         .await
         .context("admin connection")?;
     let readiness = Arc::new(Readiness { client, needed, last: Mutex::new(None) });
