@@ -5,6 +5,7 @@
 mod support;
 
 mod attacks;
+mod bad_input;
 mod browser;
 mod config;
 mod dead_letters;
