@@ -11,6 +11,7 @@ mod config;
 mod dead_letters;
 mod delivery;
 mod edges;
+mod faults;
 mod gates;
 mod gateway;
 mod health;

@@ -37,6 +37,8 @@ pub struct Topology {
     /// Bytes the dead letters may hold. When full, the oldest dead letters are dropped to make room:
     /// filing must never stop the pipeline, and every dead letter is counted in metrics anyway.
     pub dead_letter_max_bytes: i64,
+    /// How long a priority stream remembers a `Nats-Msg-Id` to drop a repeat of the same event.
+    pub duplicate_window: Duration,
     /// How long a device counts as online after its last announcement (keep it at least three of
     /// the devices' heartbeat intervals).
     pub presence_ttl: Duration,
@@ -57,6 +59,7 @@ impl Default for Topology {
             dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
             dead_letter_max_bytes: 256 << 20,
             presence_ttl: Duration::from_secs(60),
+            duplicate_window: Duration::from_secs(120),
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
         }
@@ -115,7 +118,7 @@ fn priority_stream_config(topology: &Topology, priority: Priority, subjects: Vec
         max_message_size: STREAM_MAX_MESSAGE_BYTES,
         storage: StorageType::File,
         num_replicas: topology.replicas,
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: topology.duplicate_window,
         ..Default::default()
     }
 }

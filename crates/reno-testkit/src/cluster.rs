@@ -109,6 +109,11 @@ impl Cluster {
         &mut self.hubs[index]
     }
 
+    /// The hub node a server name (`hub0`, ...) names, as JetStream reports a stream's leader.
+    pub fn hub_index(&self, name: &str) -> Option<usize> {
+        name.strip_prefix("hub")?.parse().ok().filter(|index| *index < self.hubs.len())
+    }
+
     pub fn edge(&self, index: usize) -> &NatsServer {
         &self.edges[index]
     }

@@ -148,6 +148,32 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): to everyone else it is cut off the network, its connections
+    /// still open; [`NatsServer::resume`] lets it go on (SIGCONT), as after a healed partition.
+    pub fn pause(&self) -> Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Lets a paused server go on.
+    pub fn resume(&self) -> Result<()> {
+        self.signal("CONT")
+    }
+
+    /// Kills the server where it stands (SIGKILL), without waiting for it; [`NatsServer::restart`]
+    /// starts it again.
+    pub fn crash(&self) -> Result<()> {
+        self.signal("KILL")
+    }
+
+    fn signal(&self, signal: &str) -> Result<()> {
+        let Some(pid) = self.pid() else { bail!("the server is not running") };
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
+    }
+
     /// Starts a killed server again on the same ports with the same store.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();

@@ -212,6 +212,10 @@ pub struct ProvisionArgs {
     /// [config: streams.presence_ttl_secs].
     #[arg(long)]
     pub presence_ttl_secs: Option<u64>,
+    /// Seconds a priority stream drops a repeat of the same event by its Nats-Msg-Id
+    /// [config: streams.duplicate_window_secs].
+    #[arg(long)]
+    pub duplicate_window_secs: Option<u64>,
 }
 
 impl ProvisionArgs {
@@ -227,6 +231,7 @@ impl ProvisionArgs {
         set(&mut streams.history_max_bytes, self.history_max_bytes);
         set(&mut streams.dead_letter_max_bytes, self.dead_letter_max_bytes);
         set(&mut streams.presence_ttl_secs, self.presence_ttl_secs);
+        set(&mut streams.duplicate_window_secs, self.duplicate_window_secs);
     }
 }
 

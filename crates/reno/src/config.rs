@@ -115,6 +115,8 @@ pub struct StreamsSection {
     /// Seconds a device counts as online after its last announcement (at least three of the
     /// devices' heartbeat intervals).
     pub presence_ttl_secs: u64,
+    /// Seconds a priority stream drops a repeat of the same event by its `Nats-Msg-Id`.
+    pub duplicate_window_secs: u64,
 }
 
 /// The workers: which priorities a process serves and how wide each pool is.
@@ -271,6 +273,7 @@ impl Default for StreamsSection {
             dead_letter_max_bytes: topology.dead_letter_max_bytes,
             ack_wait_secs: topology.ack_wait.as_secs(),
             presence_ttl_secs: topology.presence_ttl.as_secs(),
+            duplicate_window_secs: topology.duplicate_window.as_secs(),
         }
     }
 }
@@ -379,6 +382,7 @@ impl Config {
             ("streams.dead_letter_retention_secs", self.streams.dead_letter_retention_secs),
             ("streams.ack_wait_secs", self.streams.ack_wait_secs),
             ("streams.presence_ttl_secs", self.streams.presence_ttl_secs),
+            ("streams.duplicate_window_secs", self.streams.duplicate_window_secs),
         ] {
             if value == 0 {
                 return invalid(key, "must be at least 1 second");
@@ -434,6 +438,7 @@ impl Config {
             dead_letter_max_bytes: streams.dead_letter_max_bytes,
             ack_wait: Duration::from_secs(streams.ack_wait_secs),
             presence_ttl: Duration::from_secs(streams.presence_ttl_secs),
+            duplicate_window: Duration::from_secs(streams.duplicate_window_secs),
             ..Topology::default()
         }
     }
