@@ -22,4 +22,5 @@ mod pull;
 mod reconnect;
 mod registry;
 mod resilience;
+mod soak;
 mod storage;
