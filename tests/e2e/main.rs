@@ -18,6 +18,7 @@ mod health;
 mod history_writes;
 mod local_run;
 mod presence;
+mod prometheus;
 mod pull;
 mod reconnect;
 mod registry;

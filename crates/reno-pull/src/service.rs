@@ -14,6 +14,8 @@ use crate::history::{HistoryError, HistoryReader};
 
 /// Counter of pull requests by result: `ok`, `bad_request` (400) or `error` (503, 504).
 pub const REQUESTS_METRIC: &str = "reno_pull_requests_total";
+/// Histogram of seconds from taking a pull request to sending its answer.
+pub const LATENCY_METRIC: &str = "reno_pull_request_seconds";
 
 /// Requests answered at once by one service instance.
 const MAX_CONCURRENT_REQUESTS: usize = 512;
@@ -73,10 +75,12 @@ pub async fn run(
         let span = info_span!("pull", subject = %request.message.subject);
         tokio::spawn(
             async move {
+                let started = std::time::Instant::now();
                 let response = answer(&reader, &request).await;
                 if let Err(error) = request.respond(response).await {
                     warn!(%error, "cannot send pull response");
                 }
+                metrics::histogram!(LATENCY_METRIC).record(started.elapsed().as_secs_f64());
                 drop(permit);
             }
             .instrument(span),

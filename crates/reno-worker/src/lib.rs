@@ -15,6 +15,7 @@ mod history;
 pub mod outcome;
 mod pipeline;
 mod runner;
+mod stream_gauges;
 
 pub use config::{PoolConfig, WorkerConfig};
 pub use runner::{WorkerError, needs, run};

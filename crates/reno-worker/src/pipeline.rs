@@ -72,11 +72,11 @@ impl Pipeline {
         let Ok(info) = message.info() else {
             // Not a delivery of our consumer (its reply subject is not a JetStream ack subject).
             // Counted and filed like any event that can never be delivered, so it is seen.
-            outcome::count_received(self.priority);
+            outcome::count_received(self.priority, outcome::UNKNOWN_TYPE);
             let origin = Origin { subject: message.subject.as_str(), position: None, deliveries: 1 };
             let reason = "not a delivery of the worker's consumer: no JetStream metadata";
             let outcome = self.dead_letter(&message, &origin, "not_a_delivery", reason).await;
-            outcome::count(self.priority, outcome, 0.0);
+            outcome::count(self.priority, outcome::UNKNOWN_TYPE, outcome, 0.0);
             return;
         };
         let (stream, sequence, deliveries, published) =
@@ -101,13 +101,14 @@ impl Pipeline {
         deliveries: i64,
         published: OffsetDateTime,
     ) {
-        outcome::count_received(self.priority);
+        let event_type = outcome::type_label(message.subject.as_str());
+        outcome::count_received(self.priority, &event_type);
         let origin =
             Origin { subject: message.subject.as_str(), position: Some((stream, sequence)), deliveries };
         if gates::is_poison(deliveries, self.max_deliveries) {
             let reason = format!("delivered {deliveries} times without an outcome; it may crash workers");
             let outcome = self.dead_letter(message, &origin, "poison", &reason).await;
-            outcome::count(self.priority, outcome, 0.0);
+            outcome::count(self.priority, &event_type, outcome, 0.0);
             return;
         }
 
@@ -133,7 +134,7 @@ impl Pipeline {
         };
         let seconds = (OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0);
         debug!(outcome = outcome.label(), seconds, "handled");
-        outcome::count(self.priority, outcome, seconds);
+        outcome::count(self.priority, &event_type, outcome, seconds);
     }
 
     async fn process(
@@ -194,6 +195,7 @@ impl Pipeline {
                     notification.seq = seq;
                     self.push(device_type, &notification).await?;
                     outcome::count_push(self.priority, device_type, "sent");
+                    outcome::observe_push(self.priority, published);
                 } else {
                     outcome::count_push(self.priority, device_type, "skipped_offline");
                 }

@@ -20,6 +20,7 @@ use crate::{
     history::History,
     outcome::{self, Outcome},
     pipeline::Pipeline,
+    stream_gauges,
 };
 
 /// Why a worker could not run.
@@ -39,11 +40,14 @@ pub enum WorkerError {
 /// Returns early with an error if a priority cannot start or the registry cannot be read.
 pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     tokio::pin!(shutdown);
-    let (registry, presence) = tokio::select! {
+    let (registry, presence, jetstream) = tokio::select! {
         followed = follow(&config.nats) => followed?,
         // Told to stop before NATS was ever reached: nothing in flight, nothing to drain.
         () = &mut shutdown => return Ok(()),
     };
+    // Once per process, until its priorities have stopped.
+    let priorities = config.pools.iter().map(|(priority, _)| *priority).collect();
+    let _gauges = stream_gauges::start(jetstream, priorities);
     let (stop_sender, stop_receiver) = watch::channel(false);
     let (done_sender, mut done_receiver) = mpsc::unbounded_channel();
     let mut threads = Vec::new();
@@ -106,15 +110,16 @@ pub fn needs(priorities: &[Priority]) -> Vec<Needed> {
 
 /// Reads the registry from NATS and keeps following it (every change is in the receiver at once,
 /// for the next event each priority handles), and follows presence, on one connection of the
-/// process's own.
+/// process's own, which it returns for the stream gauges.
 async fn follow(
     nats: &reno_nats::Endpoint,
-) -> Result<(watch::Receiver<Arc<Registry>>, PresenceView), WorkerError> {
+) -> Result<(watch::Receiver<Arc<Registry>>, PresenceView, jetstream::Context), WorkerError> {
     let client = reno_nats::connect_patiently(nats, "reno-worker-follow").await;
     let jetstream = jetstream::new(client);
     let presence = PresenceView::follow(jetstream.clone());
-    let receiver = reno_nats::registry_store::follow(jetstream).await.map_err(WorkerError::Registry)?;
-    Ok((receiver, presence))
+    let receiver =
+        reno_nats::registry_store::follow(jetstream.clone()).await.map_err(WorkerError::Registry)?;
+    Ok((receiver, presence, jetstream))
 }
 
 async fn run_priority(
@@ -162,6 +167,7 @@ async fn run_priority(
                 .build(),
             max_deliveries: config.max_deliveries,
         });
+        outcome::register(priority);
         info!(concurrency = pool.concurrency, threads = pool.threads, "worker started");
 
         let batch = pool.concurrency.clamp(1, 1000);
@@ -193,13 +199,14 @@ async fn run_priority(
                         match message {
                             // A task of its own, so that the pool's threads share the work.
                             Ok(message) => {
+                                let event_type = outcome::type_label(message.subject.as_str());
                                 let handled = tokio::spawn(
                                     async move { pipeline.handle(message).await }.in_current_span(),
                                 );
                                 if let Err(error) = handled.await {
                                     // Unacked, so JetStream redelivers it after the ack wait.
                                     warn!(%error, "event handler failed; the event will be redelivered");
-                                    outcome::count(priority, Outcome::Retried, 0.0);
+                                    outcome::count(priority, &event_type, Outcome::Retried, 0.0);
                                 }
                             }
                             // A missed heartbeat or a failed pull is not fatal: the stream goes on.
