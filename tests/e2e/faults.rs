@@ -119,10 +119,8 @@ fn events(count: usize, members: usize) -> Vec<Envelope> {
 async fn heavy_workers_killed_again_and_again_mid_batch_lose_nothing() {
     let mut stack = cluster_stack(&[]).await;
     stack.start_pull_service().await;
-    let mut workers = vec![
-        stack.start_worker(&["--priority", "normal", "--concurrency", "normal=32"]),
-        stack.start_worker(&["--priority", "normal", "--concurrency", "normal=32"]),
-    ];
+    let mut workers =
+        vec![stack.start_worker(&["--priority", "normal"]), stack.start_worker(&["--priority", "normal"])];
     let flood = tokio::spawn({
         let stack_events = events(3000, 50);
         let client = stack.client.clone();
@@ -141,7 +139,7 @@ async fn heavy_workers_killed_again_and_again_mid_batch_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(400)).await;
         let victim = workers.remove(0);
         stack.process(victim).signal("KILL").unwrap();
-        workers.push(stack.start_worker(&["--priority", "normal", "--concurrency", "normal=32"]));
+        workers.push(stack.start_worker(&["--priority", "normal"]));
         println!("round {round}: killed a worker, started another");
     }
     let acked = flood.await.unwrap();

@@ -26,6 +26,8 @@ async fn a_worker_is_ready_only_while_what_it_needs_exists() {
     let pull = stack.start_pull_service().await;
     readyz(&stack, worker, 200).await;
     readyz(&stack, pull, 200).await;
+    // Ready means it can work; wait until it does, so that what follows is a loss while working.
+    stack.wait_until_pulling("RENO_HIGH", 1).await;
     assert_eq!(http_get(stack.admin_port(worker), "/livez").unwrap().0, 200);
 
     // The history disappears under both: neither can do its work, and each says why.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_nats::{HeaderMap, jetstream::consumer::PullConsumer};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use reno_model::{CollapseKey, Notification, subject};
 
 use crate::support::*;
@@ -94,7 +94,9 @@ async fn a_collapsing_entry_the_worker_cannot_read_is_never_overwritten() {
 async fn a_stale_redelivery_is_dropped_unless_an_earlier_attempt_started_it() {
     let mut stack = Stack::start_with(Some(REGISTRY), &[]).await;
     stack.start_pull_service().await;
-    let untouched = event("fleeting", "kate", text("never started"));
+    // Two members, so that the two events sit in two partitions and can be held at once (a
+    // partition hands out one event at a time).
+    let untouched = event("fleeting", "kurt", text("never started"));
     let half_done = event("fleeting", "kate", text("half written"));
     stack.publisher().publish(&untouched).await.unwrap();
     let published = stack.publisher().publish(&half_done).await.unwrap();
@@ -104,16 +106,17 @@ async fn a_stale_redelivery_is_dropped_unless_an_earlier_attempt_started_it() {
     let notification = Notification::from_event(&half_done, &device("mobile"), 1);
     write_entry(&stack, &key, notification.encode(), Some(&source)).await;
 
-    // Both are fetched by the workers' consumer and handed back without being worked on, as a
-    // worker shutting down does, after they went stale: their redeliveries were never processed.
-    let stream = stack.jetstream.get_stream("RENO_NORMAL").await.unwrap();
-    let consumer: PullConsumer = stream.get_consumer(subject::WORKER_CONSUMER).await.unwrap();
-    let mut fetched = consumer.fetch().max_messages(2).messages().await.unwrap();
+    // Both are fetched by their partitions' consumers and handed back without being worked on, as
+    // a worker shutting down does, after they went stale: their redeliveries were never processed.
+    let mut stream = stack.jetstream.get_stream("RENO_NORMAL").await.unwrap();
     let mut held = Vec::new();
-    while let Some(message) = fetched.next().await {
-        held.push(message.unwrap());
+    for member in ["kurt", "kate"] {
+        let partition = partition_of(&mut stream, member).await;
+        let consumer: PullConsumer = stream.get_consumer(&subject::worker_consumer(partition)).await.unwrap();
+        let mut fetched = consumer.fetch().max_messages(1).messages().await.unwrap();
+        held.push(fetched.next().await.unwrap().unwrap());
     }
-    assert_eq!(held.len(), 2);
+    assert_ne!(held[0].subject, held[1].subject);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for message in held {
         message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.unwrap();
@@ -129,5 +132,16 @@ async fn a_stale_redelivery_is_dropped_unless_an_earlier_attempt_started_it() {
             ids(stack.pull_page("kate", device_type, 0, 100).await),
             std::slice::from_ref(&half_done.id)
         );
+        assert_eq!(ids(stack.pull_page("kurt", device_type, 0, 100).await), []);
     }
+}
+
+/// The partition a member's `fleeting` event was stored in, read from the stream's subjects; fails
+/// if the two members of the test share one (pick other names then).
+async fn partition_of(stream: &mut async_nats::jetstream::stream::Stream, member: &str) -> u16 {
+    let subjects: Vec<(String, usize)> =
+        stream.info_with_subjects("reno.evt.*.fleeting.*").await.unwrap().try_collect().await.unwrap();
+    let suffix = format!(".fleeting.{member}");
+    let (stored, _) = subjects.into_iter().find(|(subject, _)| subject.ends_with(&suffix)).unwrap();
+    stored.split('.').nth(2).unwrap().parse().unwrap()
 }

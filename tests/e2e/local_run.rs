@@ -76,7 +76,7 @@ async fn heavy_a_terminated_worker_drains_and_exits_cleanly() {
     // Counts every push of every event: an event acked by the first worker and delivered again by
     // the second would be pushed twice.
     let mut pushes = stack.client.subscribe("reno.ntf.rose.mobile").await.unwrap();
-    let first = stack.start_worker(&["--priority", "normal", "--concurrency", "normal=8"]);
+    let first = stack.start_worker(&["--priority", "normal"]);
     let mut received = BTreeSet::new();
     while received.len() < 200 {
         received.insert(next_notification(&mut mobile).await.id.to_string());

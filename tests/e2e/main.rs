@@ -17,6 +17,7 @@ mod gateway;
 mod health;
 mod history_writes;
 mod local_run;
+mod order;
 mod presence;
 mod prometheus;
 mod pull;

@@ -27,21 +27,22 @@ async fn flood(stack: &Stack, event_type: &str, member: &str, count: usize) -> B
 }
 
 async fn pending(stack: &Stack, priority_stream: &str) -> u64 {
-    let stream = stack.jetstream.get_stream(priority_stream).await.unwrap();
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-        stream.get_consumer(subject::WORKER_CONSUMER).await.unwrap();
-    let info = consumer.info().await.unwrap();
-    info.num_pending + info.num_ack_pending as u64
+    stack
+        .partition_infos(priority_stream)
+        .await
+        .iter()
+        .map(|info| info.num_pending + info.num_ack_pending as u64)
+        .sum()
 }
 
 #[tokio::test]
 async fn heavy_a_low_backlog_never_delays_a_high_event() {
     let mut stack = Stack::start().await;
     stack.start_pull_service().await;
-    // The backlog is in place before the worker starts, and the low pool is throttled to one event
-    // at a time, so the backlog lasts.
+    // The backlog is in place before the worker starts, and it is one member's, so one partition
+    // works it off one event at a time: it lasts.
     flood(&stack, "diagnostics_requested", "bulk", 20_000).await;
-    stack.start_worker(&["--concurrency", "low=1"]);
+    stack.start_worker(&[]);
     let mut tv = stack.device("vip", "tv", 0).await;
 
     let urgent = event("profile_maturity_changed", "vip", text("kids profile"));
@@ -58,7 +59,7 @@ async fn heavy_killing_a_worker_mid_batch_loses_nothing() {
     let mut stack = Stack::start_with(None, &["--ack-wait-secs", "2"]).await;
     stack.start_pull_service().await;
     let mut mobile = stack.device("kim", "mobile", 0).await;
-    let first = stack.start_worker(&["--priority", "normal", "--concurrency", "normal=16"]);
+    let first = stack.start_worker(&["--priority", "normal"]);
     let published = flood(&stack, "my_list_updated", "kim", 3000).await;
 
     let mut received = BTreeSet::new();

@@ -11,6 +11,7 @@ use std::{
 };
 
 use async_nats::jetstream;
+use futures::TryStreamExt;
 use reno_device::{Device, DeviceConfig, DeviceEvent};
 use reno_model::{
     DeviceId, DeviceType, Envelope, EventId, EventType, MemberId, Notification, Position, PullPage,
@@ -91,6 +92,12 @@ impl Stack {
         let mut auth = stack.reno(&["auth-service"]);
         auth.env("RENO_AUTH_ADMIN_ADDR", format!("127.0.0.1:{admin}"));
         stack.processes.push((Process::spawn(auth).expect("start the authorization service"), admin));
+        // Devices are refused until the callout is answered: wait for its subscription.
+        let auth = stack.processes.len() - 1;
+        eventually("the authorization service answers callouts", || {
+            std::future::ready(stack.process(auth).output().contains("authorization service started"))
+        })
+        .await;
         stack
     }
 
@@ -147,17 +154,25 @@ impl Stack {
         self.processes.len() - 1
     }
 
-    /// Waits until `workers` pull requests wait on a priority stream's consumer: the workers are
-    /// up (and have read their registry).
+    /// Waits until `workers` pull requests wait on every partition consumer of a priority stream:
+    /// the workers are up (and have read their registry).
     pub async fn wait_until_pulling(&self, priority_stream: &str, workers: usize) {
-        let what = format!("{workers} workers pulling from {priority_stream}");
+        let what = format!("{workers} workers pulling from every partition of {priority_stream}");
         eventually(&what, || async {
-            let stream = self.jetstream.get_stream(priority_stream).await.unwrap();
-            let mut consumer: jetstream::consumer::PullConsumer =
-                stream.get_consumer(reno_model::subject::WORKER_CONSUMER).await.unwrap();
-            consumer.info().await.unwrap().num_waiting >= workers
+            let infos = self.partition_infos(priority_stream).await;
+            !infos.is_empty() && infos.iter().all(|info| info.num_waiting >= workers)
         })
         .await;
+    }
+
+    /// The infos of a priority stream's partition consumers.
+    pub async fn partition_infos(&self, priority_stream: &str) -> Vec<jetstream::consumer::Info> {
+        let stream = self.jetstream.get_stream_no_info(priority_stream).await.unwrap();
+        let infos: Vec<jetstream::consumer::Info> = stream.consumers().try_collect().await.unwrap();
+        infos
+            .into_iter()
+            .filter(|info| info.name.starts_with(reno_model::subject::WORKER_CONSUMER_PREFIX))
+            .collect()
     }
 
     /// Starts `reno pull-service` and waits until it answers the NATS service API's ping.

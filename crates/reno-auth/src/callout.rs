@@ -66,6 +66,11 @@ pub async fn run(
         .queue_subscribe(CALLOUT_SUBJECT, QUEUE_GROUP.to_owned())
         .await
         .map_err(CalloutError::Subscribe)?;
+    // Said once the server has the subscription: from then on, devices can connect. (Without a
+    // connection the client subscribes again when it is back.)
+    if let Err(error) = client.flush().await {
+        warn!(%error, "the callout subscription is not confirmed yet");
+    }
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT));
     info!(subject = CALLOUT_SUBJECT, account = config.account, "authorization service started");

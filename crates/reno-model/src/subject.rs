@@ -4,6 +4,7 @@
 //! | subject                              | carries                                         |
 //! |--------------------------------------|-------------------------------------------------|
 //! | `reno.evt.<type>.<member>`           | events from services (JetStream, by priority)    |
+//! | `reno.evt.<partition>.<type>.<member>` | the same event as its priority stream stores it |
 //! | `reno.ntf.<member>.<device_type>`    | notifications pushed to online devices (core)    |
 //! | `reno.pull.<member>.<device_type>`   | pull requests from devices (request/reply)       |
 //! | `reno.dead.<priority>.<reason>`      | dead letters (JetStream, `RENO_DEAD`)            |
@@ -57,7 +58,8 @@ pub fn event_type_filter(event_type: &EventType) -> String {
 }
 
 /// Reads type and member back out of an event subject, refusing anything that is not exactly
-/// `reno.evt.<type>.<member>` with safe tokens (a raw publisher may have sent anything).
+/// `reno.evt.<type>.<member>` with safe tokens (a raw publisher may have sent anything), or that
+/// subject as a priority stream stores it, `reno.evt.<partition>.<type>.<member>`.
 pub fn parse_event_subject(subject: &str) -> Result<(EventType, MemberId), InvalidEvent> {
     let bad =
         |problem: String| InvalidEvent::BadSubject { subject: subject.chars().take(200).collect(), problem };
@@ -65,13 +67,73 @@ pub fn parse_event_subject(subject: &str) -> Result<(EventType, MemberId), Inval
         .strip_prefix(EVENT_PREFIX)
         .and_then(|rest| rest.strip_prefix('.'))
         .ok_or_else(|| bad(format!("it does not start with {EVENT_PREFIX}.")))?;
-    let mut tokens = rest.split('.');
-    let (Some(event_type), Some(member), None) = (tokens.next(), tokens.next(), tokens.next()) else {
-        return Err(bad("it does not have exactly two tokens after reno.evt".into()));
+    let tokens: Vec<&str> = rest.split('.').collect();
+    let (event_type, member) = match tokens.as_slice() {
+        [event_type, member] => (*event_type, *member),
+        [partition, event_type, member] if parse_partition(partition).is_some() => (*event_type, *member),
+        _ => return Err(bad("it does not have exactly two tokens after reno.evt".into())),
     };
     let event_type = EventType::new(event_type).map_err(|error| bad(error.to_string()))?;
     let member = MemberId::new(member).map_err(|error| bad(error.to_string()))?;
     Ok((event_type, member))
+}
+
+/// The most partitions a priority stream may have.
+pub const MAX_PARTITIONS: u16 = 1024;
+
+fn parse_partition(token: &str) -> Option<u16> {
+    let canonical =
+        !token.is_empty() && token.bytes().all(|byte| byte.is_ascii_digit()) && !token.starts_with('0')
+            || token == "0";
+    canonical.then(|| token.parse().ok()).flatten().filter(|partition| *partition < MAX_PARTITIONS)
+}
+
+/// What a priority stream maps every captured subject to: `reno.evt.<type>.<member>` becomes
+/// `reno.evt.<partition>.<type>.<member>`, the partition a hash of the member alone, so that all
+/// events of one member in one priority land in one partition, whatever their type.
+pub fn partition_transform(partitions: u16) -> (String, String) {
+    (
+        format!("{EVENT_PREFIX}.*.*"),
+        format!("{EVENT_PREFIX}.{{{{partition({partitions},2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"),
+    )
+}
+
+/// `reno.evt.<partition>.*.*`: the events of one partition, what its worker consumer takes. Exactly
+/// three tokens after the prefix, so that it never overlaps a subject as published (two tokens).
+pub fn partition_filter(partition: u16) -> String {
+    format!("{EVENT_PREFIX}.{partition}.*.*")
+}
+
+/// What the name of every partition's worker consumer starts with.
+pub const WORKER_CONSUMER_PREFIX: &str = "reno-worker-";
+
+/// The durable consumer of one partition of a priority stream, shared by that priority's workers.
+pub fn worker_consumer(partition: u16) -> String {
+    format!("{WORKER_CONSUMER_PREFIX}{partition}")
+}
+
+/// The consumer of what a priority stream stores outside every partition: events stored before
+/// partitions existed, and subjects the stream cannot map (a literal `*` or `>` as the member),
+/// which the workers dead-letter.
+pub const STRAYS_CONSUMER: &str = "reno-worker-strays";
+
+/// `reno.evt.*.*`: what the strays consumer takes, subjects stored as published.
+pub const STRAYS_FILTER: &str = "reno.evt.*.*";
+
+/// The subject a service published an event on, from the subject its priority stream stored it
+/// under: the partition token removed. Anything else is returned as it is.
+pub fn published_event_subject(stored: &str) -> std::borrow::Cow<'_, str> {
+    let Some(rest) = stored.strip_prefix(EVENT_PREFIX).and_then(|rest| rest.strip_prefix('.')) else {
+        return stored.into();
+    };
+    match rest.split_once('.') {
+        Some((partition, published))
+            if parse_partition(partition).is_some() && published.split('.').count() == 2 =>
+        {
+            format!("{EVENT_PREFIX}.{published}").into()
+        }
+        _ => stored.into(),
+    }
 }
 
 /// `reno.ntf.<member>.<device_type>`: where online devices of a member's device type get pushes.
@@ -128,9 +190,6 @@ pub fn priority_stream(priority: Priority) -> String {
     format!("RENO_{}", priority.as_str().to_ascii_uppercase())
 }
 
-/// The durable consumer the workers of one priority share.
-pub const WORKER_CONSUMER: &str = "reno-worker";
-
 /// The stream behind the history bucket (JetStream names a KV bucket's stream `KV_<bucket>`).
 pub fn history_stream() -> String {
     format!("KV_{HISTORY_BUCKET}")
@@ -165,10 +224,29 @@ mod tests {
     }
 
     #[test]
+    fn stored_subjects_carry_a_partition() {
+        let event_type = EventType::new("plan_changed").unwrap();
+        let member = MemberId::new("m-1").unwrap();
+        assert_eq!(parse_event_subject("reno.evt.17.plan_changed.m-1").unwrap(), (event_type, member));
+        assert_eq!(published_event_subject("reno.evt.17.plan_changed.m-1"), "reno.evt.plan_changed.m-1");
+        assert_eq!(published_event_subject("reno.evt.plan_changed.m-1"), "reno.evt.plan_changed.m-1");
+        assert_eq!(published_event_subject("reno.evt.17.a.b.c"), "reno.evt.17.a.b.c");
+        assert_eq!(partition_filter(3), "reno.evt.3.*.*");
+        assert_eq!(worker_consumer(3), "reno-worker-3");
+        let (source, destination) = partition_transform(32);
+        assert_eq!(source, "reno.evt.*.*");
+        assert_eq!(destination, "reno.evt.{{partition(32,2)}}.{{wildcard(1)}}.{{wildcard(2)}}");
+    }
+
+    #[test]
     fn refuses_subjects_that_smuggle_levels_or_wildcards() {
         for subject in [
             "reno.evt.plan_changed",
             "reno.evt.plan_changed.a.b",
+            "reno.evt.01.plan_changed.m1",
+            "reno.evt.1024.plan_changed.m1",
+            "reno.evt.-1.plan_changed.m1",
+            "reno.evt.1.2.plan_changed.m1",
             "reno.evt.plan_changed.*",
             "reno.evt.*.m1",
             "reno.evt.plan_changed.>",

@@ -4,6 +4,10 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
+use futures::TryStreamExt;
+use reno_model::subject;
+
+use crate::topology::partitions_of;
 
 /// One JetStream object a process cannot work without.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +19,8 @@ pub enum Needed {
     },
     /// A KV bucket, by bucket name.
     Bucket(String),
+    /// A priority stream's worker consumers, every partition's and the strays', by stream name.
+    Partitions(String),
 }
 
 impl std::fmt::Display for Needed {
@@ -23,6 +29,7 @@ impl std::fmt::Display for Needed {
             Needed::Stream(name) => write!(formatter, "stream {name}"),
             Needed::Consumer { stream, consumer } => write!(formatter, "consumer {consumer} on {stream}"),
             Needed::Bucket(name) => write!(formatter, "bucket {name}"),
+            Needed::Partitions(stream) => write!(formatter, "the partition consumers of {stream}"),
         }
     }
 }
@@ -59,6 +66,20 @@ async fn exists(jetstream: &jetstream::Context, need: &Needed) -> Result<(), asy
         }
         Needed::Bucket(name) => {
             jetstream.get_key_value(name).await?;
+        }
+        Needed::Partitions(name) => {
+            let stream = jetstream.get_stream(name).await?;
+            let partitions = partitions_of(&stream.cached_info().config)
+                .ok_or("the stream has no partitions: it was provisioned by an older reno")?;
+            let names: Vec<String> = stream.consumer_names().try_collect().await?;
+            let missing: Vec<String> = (0..partitions)
+                .map(subject::worker_consumer)
+                .chain([subject::STRAYS_CONSUMER.to_owned()])
+                .filter(|consumer| !names.contains(consumer))
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!("consumers {} are missing", missing.join(", ")).into());
+            }
         }
     }
     Ok(())

@@ -1,8 +1,12 @@
 //! Provisioning: turns the registry into JetStream objects, idempotently. One stream per priority
 //! capturing exactly `reno.evt.<type>.*` of that priority's types (so an unknown type has no stream
-//! and its publisher gets an error at once), the dead-letter stream, the history bucket and the
-//! workers' durable consumers. Run again after a registry change, it moves types between priorities
-//! without losing events: what a stream already holds stays there and is still worked off.
+//! and its publisher gets an error at once) and storing each event under its member's partition,
+//! one durable consumer per partition taking one event at a time (per-member order), the
+//! dead-letter stream and the history and presence buckets. Run again after a registry change, it
+//! moves types between priorities without losing events: what a stream already holds stays there
+//! and is still worked off. Run with fewer partitions, it moves the events of the dropped ones to
+//! their new partitions; events stored before partitions existed are taken by a consumer of their
+//! own.
 
 use std::time::Duration;
 
@@ -12,6 +16,7 @@ use async_nats::jetstream::{
     kv,
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
+use futures::{StreamExt, TryStreamExt};
 use reno_model::{Priority, Registry, subject};
 
 use crate::registry_store::{self, RegistryStoreError};
@@ -42,10 +47,13 @@ pub struct Topology {
     /// How long a device counts as online after its last announcement (keep it at least three of
     /// the devices' heartbeat intervals).
     pub presence_ttl: Duration,
-    /// How long a worker may hold an event before JetStream gives it to another worker.
+    /// How long a worker may go without a sign of progress on an event before JetStream gives it
+    /// to another worker: bounds how long a killed worker's events wait. Workers say they are
+    /// still busy four times per ack wait.
     pub ack_wait: Duration,
-    /// Events in flight per priority across all workers.
-    pub max_ack_pending: i64,
+    /// Partitions of each priority stream: every member's events fall into one, handled one at a
+    /// time and in order, so this is also how many events of a priority are in flight at most.
+    pub partitions: u16,
 }
 
 impl Default for Topology {
@@ -60,8 +68,8 @@ impl Default for Topology {
             dead_letter_max_bytes: 256 << 20,
             presence_ttl: Duration::from_secs(60),
             duplicate_window: Duration::from_secs(120),
-            ack_wait: Duration::from_secs(30),
-            max_ack_pending: 20_000,
+            ack_wait: Duration::from_secs(4),
+            partitions: 32,
         }
     }
 }
@@ -85,6 +93,12 @@ pub enum ProvisionError {
     Presence { source: async_nats::Error },
     #[error("cannot provision consumer {consumer} on {stream}: {source}")]
     Consumer { stream: String, consumer: String, source: async_nats::Error },
+    #[error("the partitions of a priority stream must be 1 to {max}, not {partitions}", max = subject::MAX_PARTITIONS)]
+    Partitions { partitions: u16 },
+    #[error(
+        "cannot move the events of {stream} into its new partitions: {source}; they stay where they are, run provision again"
+    )]
+    Rehome { stream: String, source: async_nats::Error },
 }
 
 /// What provisioning did, for the operator.
@@ -92,12 +106,24 @@ pub enum ProvisionError {
 pub struct ProvisionReport {
     /// Each priority stream with the subjects it now captures.
     pub streams: Vec<(String, Vec<String>)>,
+    /// Events moved into their partition because they were stored under another layout.
+    pub rehomed: u64,
 }
 
-/// Subjects of a priority stream with no event types: streams need at least one subject, and this
-/// one is outside `reno.evt.>`, so it captures nothing a service publishes.
+/// The stream metadata key that holds a priority stream's partition count, for workers to read.
+pub const PARTITIONS_METADATA: &str = "reno_partitions";
+
+/// The partition count of a priority stream, from its metadata; `None` for a stream that was
+/// provisioned before partitions existed.
+pub fn partitions_of(config: &stream::Config) -> Option<u16> {
+    config.metadata.get(PARTITIONS_METADATA)?.parse().ok()
+}
+
+/// Subjects of a priority stream with no event types: streams need at least one subject, and no
+/// event type can be spelled `~idle-<priority>`, so no valid event is ever captured by it; an
+/// invalid one that is reaches a worker and is dead-lettered like any bad subject.
 fn idle_subject(priority: Priority) -> String {
-    format!("reno.idle.{priority}")
+    format!("reno.evt.~idle-{priority}.*")
 }
 
 /// The subjects one priority's stream must capture under `registry`.
@@ -107,6 +133,7 @@ pub fn stream_subjects(registry: &Registry, priority: Priority) -> Vec<String> {
 }
 
 fn priority_stream_config(topology: &Topology, priority: Priority, subjects: Vec<String>) -> stream::Config {
+    let (source, destination) = subject::partition_transform(topology.partitions);
     stream::Config {
         name: subject::priority_stream(priority),
         description: Some(format!("reno events of priority {priority}")),
@@ -119,6 +146,8 @@ fn priority_stream_config(topology: &Topology, priority: Priority, subjects: Vec
         storage: StorageType::File,
         num_replicas: topology.replicas,
         duplicate_window: topology.duplicate_window,
+        subject_transform: Some(stream::SubjectTransform { source, destination }),
+        metadata: [(PARTITIONS_METADATA.to_owned(), topology.partitions.to_string())].into(),
         ..Default::default()
     }
 }
@@ -186,29 +215,33 @@ pub async fn provision(
     registry_store::store(jetstream, registry, topology.replicas).await?;
     release_moved_subjects(jetstream, registry).await?;
     let mut report = ProvisionReport::default();
+    if topology.partitions == 0 || topology.partitions > subject::MAX_PARTITIONS {
+        return Err(ProvisionError::Partitions { partitions: topology.partitions });
+    }
     for priority in Priority::ALL {
         let subjects = stream_subjects(registry, priority);
         let config = priority_stream_config(topology, priority, subjects.clone());
         let name = config.name.clone();
-        jetstream.create_or_update_stream(config).await.map_err(|source| stream_error(&name, source))?;
-        let consumer = pull::Config {
-            durable_name: Some(subject::WORKER_CONSUMER.to_owned()),
-            description: Some(format!("reno workers of priority {priority}")),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: topology.ack_wait,
-            max_ack_pending: topology.max_ack_pending,
-            // Unlimited on the server: the worker itself dead-letters an event after its own bound
-            // of deliveries, so that no event is ever parked where nobody sees it.
-            max_deliver: -1,
-            ..Default::default()
+        let earlier = match jetstream.get_stream(&name).await {
+            Ok(stream) => partitions_of(&stream.cached_info().config).unwrap_or(0),
+            Err(_) => 0,
         };
-        jetstream.create_consumer_on_stream(consumer, &name).await.map_err(|source| {
-            ProvisionError::Consumer {
+        jetstream.create_or_update_stream(config).await.map_err(|source| stream_error(&name, source))?;
+        let stream = jetstream.get_stream(&name).await.map_err(|source| stream_error(&name, source))?;
+        drop_foreign_consumers(&stream, topology.partitions).await?;
+        for consumer in worker_consumer_configs(topology, priority) {
+            let consumer_name = consumer.durable_name.clone().unwrap_or_default();
+            stream.create_consumer(consumer).await.map_err(|source| ProvisionError::Consumer {
                 stream: name.clone(),
-                consumer: subject::WORKER_CONSUMER.to_owned(),
+                consumer: consumer_name,
                 source: source.into(),
-            }
-        })?;
+            })?;
+        }
+        if earlier > topology.partitions {
+            report.rehomed += rehome(jetstream, &stream, topology.partitions..earlier)
+                .await
+                .map_err(|source| ProvisionError::Rehome { stream: name.clone(), source })?;
+        }
         report.streams.push((name, subjects));
     }
 
@@ -270,6 +303,104 @@ pub async fn provision(
     Ok(report)
 }
 
+/// The workers' consumers of one priority stream: one per partition, and one for the strays (see
+/// [`subject::STRAYS_CONSUMER`]). Each hands out one event at a time, so that the next event of a
+/// member is only handed out once the one before it is settled, by whichever worker. An event
+/// waiting out a retry delay still counts, so a retry holds its partition too.
+fn worker_consumer_configs(topology: &Topology, priority: Priority) -> Vec<pull::Config> {
+    let consumer = |name: String, description: String, filter_subject: String| pull::Config {
+        durable_name: Some(name),
+        description: Some(description),
+        filter_subject,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: topology.ack_wait,
+        max_ack_pending: 1,
+        // Unlimited on the server: the worker itself dead-letters an event after its own bound of
+        // deliveries, so that no event is ever parked where nobody sees it.
+        max_deliver: -1,
+        ..Default::default()
+    };
+    let mut consumers: Vec<pull::Config> = (0..topology.partitions)
+        .map(|partition| {
+            consumer(
+                subject::worker_consumer(partition),
+                format!("reno workers of priority {priority}, partition {partition}"),
+                subject::partition_filter(partition),
+            )
+        })
+        .collect();
+    consumers.push(consumer(
+        subject::STRAYS_CONSUMER.to_owned(),
+        format!("reno workers of priority {priority}: events stored outside the partitions"),
+        subject::STRAYS_FILTER.to_owned(),
+    ));
+    consumers
+}
+
+/// Name of the consumer that moves events between layouts while provisioning.
+const REHOME_CONSUMER: &str = "reno-rehome";
+
+/// Deletes the consumers of an earlier layout (the single consumer from before partitions, the
+/// partitions beyond the new count): a work-queue stream lets no two consumers take the same
+/// subject. The events they held stay in the stream, for the strays consumer or [`rehome`].
+async fn drop_foreign_consumers(stream: &stream::Stream, partitions: u16) -> Result<(), ProvisionError> {
+    let mut wanted: Vec<String> = (0..partitions).map(subject::worker_consumer).collect();
+    wanted.push(subject::STRAYS_CONSUMER.to_owned());
+    let name = stream.cached_info().config.name.clone();
+    let names: Vec<String> =
+        stream.consumer_names().try_collect().await.map_err(|source| stream_error(&name, source))?;
+    for consumer in names.into_iter().filter(|consumer| !wanted.contains(consumer)) {
+        stream.delete_consumer(&consumer).await.map_err(|source| ProvisionError::Consumer {
+            stream: name.clone(),
+            consumer: consumer.clone(),
+            source: source.into(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Moves every event of the `dropped` partitions of an earlier, larger count, which no consumer
+/// takes any more, to the partition of its member, by publishing it again on the subject its
+/// service published it on, then removing the old copy: a crash in between leaves a repeat, which
+/// the workers drop as a duplicate. Returns how many were moved.
+async fn rehome(
+    jetstream: &jetstream::Context,
+    stream: &stream::Stream,
+    dropped: std::ops::Range<u16>,
+) -> Result<u64, async_nats::Error> {
+    let config = pull::Config {
+        durable_name: Some(REHOME_CONSUMER.to_owned()),
+        description: Some("reno provision: moves events into their partitions".to_owned()),
+        filter_subjects: dropped.map(subject::partition_filter).collect(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_deliver: -1,
+        ..Default::default()
+    };
+    let mut consumer: jetstream::consumer::PullConsumer = stream.create_consumer(config).await?;
+    let mut moved = 0;
+    while consumer.info().await?.num_pending > 0 {
+        let mut batch = consumer.fetch().max_messages(256).expires(Duration::from_secs(1)).messages().await?;
+        while let Some(message) = batch.next().await {
+            let message = message?;
+            // All headers but the message id: the stream still remembers the id of the first
+            // copy and would drop this one.
+            let mut headers = async_nats::HeaderMap::new();
+            for (name, values) in message.headers.iter().flat_map(|headers| headers.iter()) {
+                if !name.to_string().eq_ignore_ascii_case("Nats-Msg-Id") {
+                    values.iter().for_each(|value| headers.append(name.clone(), value.clone()));
+                }
+            }
+            let published = subject::published_event_subject(message.subject.as_str()).into_owned();
+            jetstream.publish_with_headers(published, headers, message.payload.clone()).await?.await?;
+            message.double_ack().await?;
+            moved += 1;
+        }
+    }
+    stream.delete_consumer(REHOME_CONSUMER).await?;
+    Ok(moved)
+}
+
 fn stream_error(name: &str, source: impl Into<async_nats::Error>) -> ProvisionError {
     ProvisionError::Stream { name: name.to_owned(), source: source.into() }
 }
@@ -294,6 +425,6 @@ mod tests {
         .unwrap();
         assert_eq!(stream_subjects(&registry, Priority::High), ["reno.evt.plan_changed.*"]);
         assert_eq!(stream_subjects(&registry, Priority::Low), ["reno.evt.diagnostics.*"]);
-        assert_eq!(stream_subjects(&registry, Priority::Normal), ["reno.idle.normal"]);
+        assert_eq!(stream_subjects(&registry, Priority::Normal), ["reno.evt.~idle-normal.*"]);
     }
 }

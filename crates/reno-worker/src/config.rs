@@ -1,27 +1,22 @@
-//! What a worker process needs to know: where NATS is, which priorities it serves and how many events
-//! each may have in flight. The registry is not here: workers read it from NATS and follow it.
+//! What a worker process needs to know: where NATS is, which priorities it serves and the threads
+//! of each. The registry is not here: workers read it from NATS and follow it.
 
 use std::time::Duration;
 
 use reno_model::Priority;
 
-/// The task pool of one priority.
+/// The runtime of one priority. How many of its events are in flight is not set here: one per
+/// partition of its stream (`reno provision --partitions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolConfig {
-    /// Events of this priority handled at once by this process.
-    pub concurrency: usize,
     /// OS threads of this priority's own tokio runtime.
     pub threads: usize,
 }
 
-impl PoolConfig {
-    /// The defaults per priority: urgent traffic gets the widest pool.
-    pub fn default_for(priority: Priority) -> Self {
-        match priority {
-            Priority::High => PoolConfig { concurrency: 256, threads: 1 },
-            Priority::Normal => PoolConfig { concurrency: 256, threads: 1 },
-            Priority::Low => PoolConfig { concurrency: 64, threads: 1 },
-        }
+impl Default for PoolConfig {
+    /// One thread per priority, so that three priorities share a small machine evenly.
+    fn default() -> Self {
+        PoolConfig { threads: 1 }
     }
 }
 
@@ -47,10 +42,7 @@ impl WorkerConfig {
     pub fn new(nats: reno_nats::Endpoint) -> Self {
         WorkerConfig {
             nats,
-            pools: Priority::ALL
-                .into_iter()
-                .map(|priority| (priority, PoolConfig::default_for(priority)))
-                .collect(),
+            pools: Priority::ALL.into_iter().map(|priority| (priority, PoolConfig::default())).collect(),
             max_deliveries: 10,
             dedup_capacity: 100_000,
             dedup_ttl: Duration::from_secs(600),

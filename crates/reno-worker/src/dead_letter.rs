@@ -46,7 +46,9 @@ pub(crate) async fn file(
     }
     headers.insert(REASON_HEADER, header_value(reason).as_str());
     headers.insert(REASON_CODE_HEADER, code);
-    headers.insert(SUBJECT_HEADER, header_value(origin.subject).as_str());
+    // As the service published it: publishing the body there again replays the event.
+    let published = subject::published_event_subject(origin.subject);
+    headers.insert(SUBJECT_HEADER, header_value(&published).as_str());
     headers.insert(DELIVERIES_HEADER, origin.deliveries.to_string().as_str());
     let payload = if payload.len() > MAX_DEAD_LETTER_BODY {
         headers.insert(ORIGINAL_SIZE_HEADER, payload.len().to_string().as_str());

@@ -92,10 +92,16 @@ pub(crate) fn is_poison(deliveries: i64, max_deliveries: i64) -> bool {
     deliveries > max_deliveries.saturating_mul(2)
 }
 
-/// Delay before redelivery after the n-th failed delivery: 1 s, doubling, at most 60 s.
+/// The longest wait before a retry. A retry holds the event's partition (the next event of its
+/// members must wait for it), so it stays short; a dependency that is down for longer is retried
+/// every ten seconds until the delivery bound.
+pub(crate) const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// Delay before redelivery after the n-th failed delivery: 1 s, doubling, at most
+/// [`MAX_RETRY_DELAY`].
 pub(crate) fn retry_delay(deliveries: i64) -> Duration {
     let exponent = u32::try_from(deliveries.clamp(1, 7) - 1).unwrap_or(0);
-    Duration::from_secs(2u64.pow(exponent)).min(Duration::from_secs(60))
+    Duration::from_secs(2u64.pow(exponent)).min(MAX_RETRY_DELAY)
 }
 
 #[cfg(test)]
@@ -167,8 +173,8 @@ mod tests {
     }
 
     #[test]
-    fn retry_delay_doubles_up_to_a_minute() {
+    fn retry_delay_doubles_up_to_ten_seconds() {
         let delays: Vec<u64> = (1..=9).map(|n| retry_delay(n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10, 10, 10, 10]);
     }
 }

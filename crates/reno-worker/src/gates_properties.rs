@@ -8,7 +8,7 @@ use proptest::{collection::vec, prelude::*};
 use reno_model::{DeviceType, EventId, EventType, MemberId, Notification, Value};
 
 use crate::{
-    gates::{Staleness, Written, fold, is_poison, newer, retry_delay, staleness},
+    gates::{MAX_RETRY_DELAY, Staleness, Written, fold, is_poison, newer, retry_delay, staleness},
     outcome::Outcome,
 };
 
@@ -169,18 +169,18 @@ proptest! {
     }
 
     #[test]
-    fn the_retry_delay_grows_to_a_minute_and_stays_there(
+    fn the_retry_delay_grows_to_ten_seconds_and_stays_there(
         deliveries in prop_oneof![-3i64..20, any::<i64>()],
         later in prop_oneof![0i64..20, any::<i64>()],
     ) {
         let delay = retry_delay(deliveries);
         let expected = match deliveries {
             ..=1 => Duration::from_secs(1),
-            2..=6 => Duration::from_secs(1 << (deliveries - 1)),
-            _ => Duration::from_secs(60),
+            2..=4 => Duration::from_secs(1 << (deliveries - 1)),
+            _ => Duration::from_secs(10),
         };
         prop_assert_eq!(delay, expected);
-        prop_assert!(Duration::from_secs(1) <= delay && delay <= Duration::from_secs(60));
+        prop_assert!(Duration::from_secs(1) <= delay && delay <= MAX_RETRY_DELAY);
         let further = deliveries.saturating_add(later.max(0));
         prop_assert!(retry_delay(further) >= delay, "monotone: {} then {}", deliveries, further);
     }

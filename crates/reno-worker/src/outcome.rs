@@ -23,8 +23,15 @@ pub const PUSH_LATENCY_METRIC: &str = "reno_worker_push_seconds";
 
 /// Why a delivery may be retried. Each is counted from zero as soon as a priority starts, so that an
 /// alert on one (`history_full`) sees a series before the first retry.
-pub const RETRY_REASONS: [&str; 6] =
-    ["history_full", "unavailable", "contention", "unknown_type", "unreadable_entry", "dead_letter_failed"];
+pub const RETRY_REASONS: [&str; 7] = [
+    "history_full",
+    "unavailable",
+    "contention",
+    "unknown_type",
+    "unreadable_entry",
+    "dead_letter_failed",
+    "panicked",
+];
 
 /// The `type` label of a delivery whose subject names no event type.
 pub const UNKNOWN_TYPE: &str = "unknown";

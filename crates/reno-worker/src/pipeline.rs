@@ -67,15 +67,35 @@ impl From<HistoryError> for Failure {
 }
 
 impl Pipeline {
+    /// Settles a delivery whose handling panicked: retried like a transient failure, and
+    /// dead-lettered once it has used up its deliveries.
+    pub(crate) async fn panicked(&self, message: &jetstream::Message) {
+        let info = message.info().ok();
+        let deliveries = info.as_ref().map_or(1, |info| info.delivered);
+        let event_type = outcome::type_label(message.subject.as_str());
+        let outcome = if deliveries >= self.max_deliveries {
+            let position = info.as_ref().map(|info| (info.stream, info.stream_sequence));
+            let origin = Origin { subject: message.subject.as_str(), position, deliveries };
+            let reason = format!("the worker failed on each of its {deliveries} deliveries (a panic)");
+            self.dead_letter(message, &origin, "panicked", &reason).await
+        } else {
+            warn!(subject = message.subject.as_str(), deliveries, "event handler panicked; will retry");
+            outcome::count_retry(self.priority, "panicked");
+            ack(message, AckKind::Nak(Some(gates::retry_delay(deliveries)))).await;
+            Outcome::Retried
+        };
+        outcome::count(self.priority, &event_type, outcome, 0.0);
+    }
+
     /// Handles one delivery end to end and settles it with JetStream.
-    pub(crate) async fn handle(&self, message: jetstream::Message) {
+    pub(crate) async fn handle(&self, message: &jetstream::Message) {
         let Ok(info) = message.info() else {
             // Not a delivery of our consumer (its reply subject is not a JetStream ack subject).
             // Counted and filed like any event that can never be delivered, so it is seen.
             outcome::count_received(self.priority, outcome::UNKNOWN_TYPE);
             let origin = Origin { subject: message.subject.as_str(), position: None, deliveries: 1 };
             let reason = "not a delivery of the worker's consumer: no JetStream metadata";
-            let outcome = self.dead_letter(&message, &origin, "not_a_delivery", reason).await;
+            let outcome = self.dead_letter(message, &origin, "not_a_delivery", reason).await;
             outcome::count(self.priority, outcome::UNKNOWN_TYPE, outcome, 0.0);
             return;
         };
@@ -90,7 +110,7 @@ impl Pipeline {
             event_id = tracing::field::Empty,
             member = tracing::field::Empty,
         );
-        self.settle(&message, &stream, sequence, deliveries, published).instrument(span).await;
+        self.settle(message, &stream, sequence, deliveries, published).instrument(span).await;
     }
 
     async fn settle(

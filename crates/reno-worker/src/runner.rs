@@ -1,24 +1,28 @@
 //! Running the pipelines: each priority on its own OS threads with its own tokio runtime and its own
-//! NATS connection, pulling from the priority's durable consumer with a bounded number of events in
-//! flight. Shutdown stops the pulling, lets in-flight events finish, and returns.
+//! NATS connection, with one lane per partition of the priority's stream pulling from that
+//! partition's durable consumer, one event at a time. Shutdown stops the pulling, lets in-flight
+//! events finish, and returns.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{PullConsumer, pull::MessagesError},
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use reno_model::{Priority, Registry, subject};
-use reno_nats::readiness::Needed;
+use reno_nats::{readiness::Needed, topology::partitions_of};
 use reno_presence::PresenceView;
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     config::{PoolConfig, WorkerConfig},
     history::History,
-    outcome::{self, Outcome},
+    outcome,
     pipeline::Pipeline,
     stream_gauges,
 };
@@ -101,7 +105,7 @@ pub fn needs(priorities: &[Priority]) -> Vec<Needed> {
     for priority in priorities {
         let stream = subject::priority_stream(*priority);
         needs.push(Needed::Stream(stream.clone()));
-        needs.push(Needed::Consumer { stream, consumer: subject::WORKER_CONSUMER.to_owned() });
+        needs.push(Needed::Partitions(stream));
     }
     needs.push(Needed::Bucket(subject::HISTORY_BUCKET.to_owned()));
     needs.push(Needed::Bucket(subject::REGISTRY_BUCKET.to_owned()));
@@ -130,7 +134,7 @@ async fn run_priority(
     pool: PoolConfig,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let span = info_span!("worker", %priority, stream = subject::priority_stream(priority), consumer = subject::WORKER_CONSUMER);
+    let span = info_span!("worker", %priority, stream = subject::priority_stream(priority));
     async move {
         let name = format!("reno-worker-{priority}");
         let connecting = reno_nats::connect_patiently(&config.nats, &name);
@@ -145,10 +149,28 @@ async fn run_priority(
             .get_stream(&stream_name)
             .await
             .map_err(|error| missing(priority, format!("stream {stream_name}"), error))?;
-        let consumer: PullConsumer = stream
-            .get_consumer(subject::WORKER_CONSUMER)
-            .await
-            .map_err(|error| missing(priority, format!("consumer {}", subject::WORKER_CONSUMER), error))?;
+        let partitions = partitions_of(&stream.cached_info().config).ok_or_else(|| {
+            missing(
+                priority,
+                format!("the partitions of stream {stream_name}"),
+                "the stream was provisioned by an older reno",
+            )
+        })?;
+        let mut consumers = Vec::with_capacity(usize::from(partitions) + 1);
+        let names =
+            (0..partitions).map(subject::worker_consumer).chain([subject::STRAYS_CONSUMER.to_owned()]);
+        for name in names {
+            let consumer: PullConsumer = stream
+                .get_consumer(&name)
+                .await
+                .map_err(|error| missing(priority, format!("consumer {name}"), error))?;
+            consumers.push(consumer);
+        }
+        // Four signs of life per ack wait: one lost or late still leaves the event with this worker.
+        let ack_wait = consumers
+            .first()
+            .map_or(Duration::from_secs(30), |consumer| consumer.cached_info().config.ack_wait);
+        let progress_every = (ack_wait / 4).max(Duration::from_millis(100));
         let history_stream = jetstream
             .get_stream(subject::history_stream())
             .await
@@ -168,57 +190,19 @@ async fn run_priority(
             max_deliveries: config.max_deliveries,
         });
         outcome::register(priority);
-        info!(concurrency = pool.concurrency, threads = pool.threads, "worker started");
+        info!(partitions, threads = pool.threads, ?ack_wait, "worker started");
 
-        let batch = pool.concurrency.clamp(1, 1000);
-        while !*stop.borrow() {
-            let mut messages = match consumer
-                .stream()
-                .max_messages_per_batch(batch)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-            {
-                Ok(messages) => messages,
-                Err(error) => {
-                    warn!(%error, "cannot pull; retrying in 1 s");
-                    wait_or_stop(&mut stop, Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let mut stop_for_stream = stop.clone();
-            let stopped = async move {
-                let _ = stop_for_stream.wait_for(|stopped| *stopped).await;
-            };
-            (&mut messages)
-                .take_until(stopped)
-                .for_each_concurrent(pool.concurrency.max(1), |message| {
-                    let pipeline = pipeline.clone();
-                    async move {
-                        match message {
-                            // A task of its own, so that the pool's threads share the work.
-                            Ok(message) => {
-                                let event_type = outcome::type_label(message.subject.as_str());
-                                let handled = tokio::spawn(
-                                    async move { pipeline.handle(message).await }.in_current_span(),
-                                );
-                                if let Err(error) = handled.await {
-                                    // Unacked, so JetStream redelivers it after the ack wait.
-                                    warn!(%error, "event handler failed; the event will be redelivered");
-                                    outcome::count(priority, &event_type, Outcome::Retried, 0.0);
-                                }
-                            }
-                            // A missed heartbeat or a failed pull is not fatal: the stream goes on.
-                            Err(error) => warn!(%error, "pull stream error"),
-                        }
-                    }
-                })
-                .await;
-            if *stop.borrow() {
-                hand_back_buffered(&mut messages, 2 * batch).await;
-            } else {
-                warn!("pull stream ended; starting a new one");
+        let lanes: Vec<_> = consumers
+            .into_iter()
+            .map(|consumer| {
+                let span = info_span!("lane", consumer = consumer.cached_info().name);
+                let lane = run_partition(pipeline.clone(), consumer, stop.clone(), progress_every);
+                tokio::spawn(lane.instrument(span))
+            })
+            .collect();
+        for lane in lanes {
+            if let Err(error) = lane.await {
+                warn!(%error, "a partition stopped unexpectedly");
             }
         }
         // Acks are written to the connection's buffer; make sure they reach the server.
@@ -230,26 +214,91 @@ async fn run_priority(
     .await
 }
 
-/// On shutdown, events already fetched but not yet started go straight back to JetStream for
-/// another worker instead of waiting out their ack wait. At most `limit` (what the pull stream can
-/// have buffered): the stream itself would go on fetching for as long as it is polled.
-async fn hand_back_buffered(
-    messages: &mut (impl futures::Stream<Item = Result<jetstream::Message, MessagesError>> + Unpin),
-    limit: usize,
+/// Events of one partition (or the strays) pulled from its consumer and handled one after another: the consumer
+/// hands out the next only when this one is settled, so handling them at once would gain nothing.
+async fn run_partition(
+    pipeline: Arc<Pipeline>,
+    consumer: PullConsumer,
+    mut stop: watch::Receiver<bool>,
+    progress_every: Duration,
 ) {
-    let mut handed_back = 0;
-    while handed_back < limit {
-        let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_millis(5), messages.next()).await
-        else {
-            break;
+    while !*stop.borrow() {
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(PULL_BATCH)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(messages) => messages,
+            Err(error) => {
+                warn!(%error, "cannot pull; retrying in 1 s");
+                wait_or_stop(&mut stop, Duration::from_secs(1)).await;
+                continue;
+            }
         };
-        // A short delay, so that the pull this worker still has open cannot bring it straight back.
-        if message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await.is_ok() {
-            handed_back += 1;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => break,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => handle(&pipeline, &message, progress_every).await,
+                // A missed heartbeat or a failed pull is not fatal: the stream goes on.
+                Some(Err(error)) => warn!(%error, "pull stream error"),
+                None => {
+                    warn!("pull stream ended; starting a new one");
+                    break;
+                }
+            }
+        }
+        if *stop.borrow() {
+            hand_back_buffered(&mut messages).await;
         }
     }
-    if handed_back > 0 {
-        info!(handed_back, "unstarted events handed back");
+}
+
+/// Messages one pull request asks for. The consumer still hands out one at a time; a larger request
+/// only spares a new request per event.
+const PULL_BATCH: usize = 64;
+
+/// Handles one delivery and tells JetStream it is still being worked on while it takes long, so
+/// that the ack wait can be short and a killed worker's event comes back soon. A panic is caught
+/// here and the event retried later, like any transient failure, until the delivery bound
+/// dead-letters it as poison.
+async fn handle(pipeline: &Pipeline, message: &jetstream::Message, progress_every: Duration) {
+    let handling = AssertUnwindSafe(pipeline.handle(message)).catch_unwind();
+    tokio::pin!(handling);
+    let mut progress = tokio::time::interval_at(Instant::now() + progress_every, progress_every);
+    let finished = loop {
+        tokio::select! {
+            finished = &mut handling => break finished,
+            _ = progress.tick() => {
+                if let Err(error) = message.ack_with(AckKind::Progress).await {
+                    warn!(%error, "cannot tell JetStream the event is in progress");
+                }
+            }
+        }
+    };
+    if finished.is_err() {
+        pipeline.panicked(message).await;
+    }
+}
+
+/// On shutdown, an event already fetched but not yet started goes straight back to JetStream for
+/// another worker instead of waiting out its ack wait. With one event in flight per partition there
+/// is at most one.
+async fn hand_back_buffered(
+    messages: &mut (impl futures::Stream<Item = Result<jetstream::Message, MessagesError>> + Unpin),
+) {
+    let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_millis(5), messages.next()).await else {
+        return;
+    };
+    // A short delay, so that the pull this worker still has open cannot bring it straight back.
+    if message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await.is_ok() {
+        info!("an unstarted event handed back");
     }
 }
 

@@ -1,11 +1,12 @@
 //! Gauges of what waits in JetStream, polled every few seconds: each served priority's backlog on
-//! its consumer, and the size and age of its stream, of the history and of the dead letters. Every
+//! its partition consumers (summed), and the size and age of its stream, of the history and of the dead letters. Every
 //! worker process reports them for what it serves, so copies report the same values: aggregate
 //! them with `max`, not `sum`.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
+use futures::TryStreamExt;
 use reno_model::{Priority, subject};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
@@ -31,7 +32,8 @@ pub const OLDEST_AGE_METRIC: &str = "reno_stream_oldest_message_age_seconds";
 pub const POLL_FAILURES_METRIC: &str = "reno_stream_poll_failures_total";
 
 /// How often the gauges are read: often enough for a backlog, rare enough to cost the server
-/// nothing (two requests per priority, two more for history and dead letters).
+/// nothing (two requests per priority, or a few more with hundreds of partitions, two more for
+/// history and dead letters).
 const INTERVAL: Duration = Duration::from_secs(5);
 
 /// Polls until dropped.
@@ -72,12 +74,12 @@ async fn poll(jetstream: &jetstream::Context, priorities: &[Priority]) -> Vec<as
     let mut failures = Vec::new();
     for priority in priorities {
         let stream_name = subject::priority_stream(*priority);
-        match consumer_info(jetstream, &stream_name).await {
-            Ok(info) => {
+        match consumer_totals(jetstream, &stream_name).await {
+            Ok(totals) => {
                 let label = priority.as_str();
-                metrics::gauge!(PENDING_METRIC, "priority" => label).set(info.num_pending as f64);
-                metrics::gauge!(ACK_PENDING_METRIC, "priority" => label).set(info.num_ack_pending as f64);
-                metrics::gauge!(REDELIVERED_METRIC, "priority" => label).set(info.num_redelivered as f64);
+                metrics::gauge!(PENDING_METRIC, "priority" => label).set(totals.pending as f64);
+                metrics::gauge!(ACK_PENDING_METRIC, "priority" => label).set(totals.ack_pending as f64);
+                metrics::gauge!(REDELIVERED_METRIC, "priority" => label).set(totals.redelivered as f64);
             }
             Err(error) => failures.push(error),
         }
@@ -95,12 +97,29 @@ async fn poll(jetstream: &jetstream::Context, priorities: &[Priority]) -> Vec<as
     failures
 }
 
-async fn consumer_info(
+/// The backlog of a priority across its partition consumers.
+#[derive(Default)]
+struct ConsumerTotals {
+    pending: u64,
+    ack_pending: usize,
+    redelivered: usize,
+}
+
+async fn consumer_totals(
     jetstream: &jetstream::Context,
     stream_name: &str,
-) -> Result<consumer::Info, async_nats::Error> {
-    let stream = jetstream.get_stream(stream_name).await?;
-    Ok(stream.consumer_info(subject::WORKER_CONSUMER).await?)
+) -> Result<ConsumerTotals, async_nats::Error> {
+    let stream = jetstream.get_stream_no_info(stream_name).await?;
+    let mut infos = stream.consumers();
+    let mut totals = ConsumerTotals::default();
+    while let Some(info) = infos.try_next().await? {
+        if info.name.starts_with(subject::WORKER_CONSUMER_PREFIX) {
+            totals.pending += info.num_pending;
+            totals.ack_pending += info.num_ack_pending;
+            totals.redelivered += info.num_redelivered;
+        }
+    }
+    Ok(totals)
 }
 
 async fn stream_gauges(jetstream: &jetstream::Context, stream_name: String) -> Result<(), async_nats::Error> {

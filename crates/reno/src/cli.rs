@@ -192,10 +192,14 @@ pub struct ProvisionArgs {
     /// [config: streams.event_retention_secs].
     #[arg(long)]
     pub event_retention_secs: Option<u64>,
-    /// Seconds a worker may hold an event before JetStream hands it to another worker
-    /// [config: streams.ack_wait_secs].
+    /// Seconds a worker may go without a sign of progress on an event before JetStream hands it
+    /// to another worker [config: streams.ack_wait_secs].
     #[arg(long)]
     pub ack_wait_secs: Option<u64>,
+    /// Partitions of each priority stream: the events of a priority in flight at most, in order
+    /// per member [config: streams.partitions].
+    #[arg(long)]
+    pub partitions: Option<u16>,
     /// Bytes each priority stream may hold; when full, publishers are refused
     /// [config: streams.event_max_bytes].
     #[arg(long)]
@@ -227,6 +231,7 @@ impl ProvisionArgs {
         set(&mut streams.history_retention_secs, self.history_retention_secs);
         set(&mut streams.event_retention_secs, self.event_retention_secs);
         set(&mut streams.ack_wait_secs, self.ack_wait_secs);
+        set(&mut streams.partitions, self.partitions);
         set(&mut streams.event_max_bytes, self.event_max_bytes);
         set(&mut streams.history_max_bytes, self.history_max_bytes);
         set(&mut streams.dead_letter_max_bytes, self.dead_letter_max_bytes);
@@ -242,10 +247,6 @@ pub struct WorkerArgs {
     /// Priorities this process serves (repeat the flag) [config: worker.priorities].
     #[arg(long = "priority", value_name = "PRIORITY")]
     pub priorities: Vec<Priority>,
-    /// Events in flight for one priority, as PRIORITY=N (repeat the flag)
-    /// [config: worker.<priority>.concurrency].
-    #[arg(long = "concurrency", value_name = "PRIORITY=N", value_parser = parse_priority_number)]
-    pub concurrency: Vec<(Priority, usize)>,
     /// OS threads of one priority's runtime, as PRIORITY=N (repeat the flag)
     /// [config: worker.<priority>.threads].
     #[arg(long = "threads", value_name = "PRIORITY=N", value_parser = parse_priority_number)]
@@ -263,9 +264,6 @@ impl WorkerArgs {
         self.connect.apply(config);
         if !self.priorities.is_empty() {
             config.worker.priorities = self.priorities.clone();
-        }
-        for (priority, concurrency) in &self.concurrency {
-            config.pool_mut(*priority).concurrency = *concurrency;
         }
         for (priority, threads) in &self.threads {
             config.pool_mut(*priority).threads = *threads;

@@ -80,8 +80,12 @@ async fn provision(config: &Config) -> Result<()> {
     let client = connect(&config.endpoint()?, "reno-provision").await?;
     let jetstream = async_nats::jetstream::new(client);
     let report = reno_nats::provision(&jetstream, &registry, &config.topology()).await?;
+    let partitions = config.streams.partitions;
     for (stream, subjects) in report.streams {
-        info!(stream, subjects = subjects.join(" "), "stream provisioned");
+        info!(stream, partitions, subjects = subjects.join(" "), "stream provisioned");
+    }
+    if report.rehomed > 0 {
+        info!(rehomed = report.rehomed, "events of dropped partitions rehomed into the new ones");
     }
     Ok(())
 }

@@ -110,8 +110,12 @@ pub struct StreamsSection {
     pub dead_letter_retention_secs: u64,
     /// Bytes the dead letters may hold; when full, the oldest are dropped.
     pub dead_letter_max_bytes: i64,
-    /// Seconds a worker may hold an event before JetStream hands it to another worker.
+    /// Seconds a worker may go without a sign of progress on an event before JetStream hands it to
+    /// another worker: how long a killed worker's events wait.
     pub ack_wait_secs: u64,
+    /// Partitions of each priority stream: a member's events fall into one and are handled in
+    /// order, one at a time, so this is also the events of a priority in flight at most.
+    pub partitions: u16,
     /// Seconds a device counts as online after its last announcement (at least three of the
     /// devices' heartbeat intervals).
     pub presence_ttl_secs: u64,
@@ -141,8 +145,6 @@ pub struct WorkerSection {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSection {
-    /// Events of this priority handled at once by this process.
-    pub concurrency: usize,
     /// OS threads of this priority's own runtime.
     pub threads: usize,
 }
@@ -272,6 +274,7 @@ impl Default for StreamsSection {
             dead_letter_retention_secs: topology.dead_letter_retention.as_secs(),
             dead_letter_max_bytes: topology.dead_letter_max_bytes,
             ack_wait_secs: topology.ack_wait.as_secs(),
+            partitions: topology.partitions,
             presence_ttl_secs: topology.presence_ttl.as_secs(),
             duplicate_window_secs: topology.duplicate_window.as_secs(),
         }
@@ -280,18 +283,16 @@ impl Default for StreamsSection {
 
 impl Default for WorkerSection {
     fn default() -> Self {
-        let pool = |priority| {
-            let PoolConfig { concurrency, threads } = PoolConfig::default_for(priority);
-            PoolSection { concurrency, threads }
-        };
+        let PoolConfig { threads } = PoolConfig::default();
+        let pool = PoolSection { threads };
         WorkerSection {
             priorities: Priority::ALL.to_vec(),
             max_deliveries: 10,
             grace_secs: 20,
             admin_addr: AdminAddr(Some(([127, 0, 0, 1], 9464).into())),
-            high: pool(Priority::High),
-            normal: pool(Priority::Normal),
-            low: pool(Priority::Low),
+            high: pool,
+            normal: pool,
+            low: pool,
         }
     }
 }
@@ -335,7 +336,7 @@ impl Config {
     }
 
     /// Overrides every key for which the environment has `RENO_<SECTION>_<KEY>` (for example
-    /// `RENO_NATS_URL` for `nats.url`, `RENO_WORKER_HIGH_CONCURRENCY` for `worker.high.concurrency`).
+    /// `RENO_NATS_URL` for `nats.url`, `RENO_WORKER_HIGH_THREADS` for `worker.high.threads`).
     /// A list takes comma-separated values. `env` is the environment to read (the process's, or a
     /// test's own).
     pub fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
@@ -388,6 +389,16 @@ impl Config {
                 return invalid(key, "must be at least 1 second");
             }
         }
+        if self.streams.partitions == 0 || self.streams.partitions > reno_model::subject::MAX_PARTITIONS {
+            return invalid(
+                "streams.partitions",
+                &format!(
+                    "{} is out of range; use 1 to {}",
+                    self.streams.partitions,
+                    reno_model::subject::MAX_PARTITIONS
+                ),
+            );
+        }
         if self.auth.max_connection_secs == 0 {
             return invalid("auth.max_connection_secs", "must be at least 1 second");
         }
@@ -402,8 +413,8 @@ impl Config {
             ("worker.normal", self.worker.normal),
             ("worker.low", self.worker.low),
         ] {
-            if pool.concurrency == 0 || pool.threads == 0 {
-                return invalid(key, "concurrency and threads must be at least 1");
+            if pool.threads == 0 {
+                return invalid(key, "threads must be at least 1");
             }
         }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -437,9 +448,9 @@ impl Config {
             dead_letter_retention: Duration::from_secs(streams.dead_letter_retention_secs),
             dead_letter_max_bytes: streams.dead_letter_max_bytes,
             ack_wait: Duration::from_secs(streams.ack_wait_secs),
+            partitions: streams.partitions,
             presence_ttl: Duration::from_secs(streams.presence_ttl_secs),
             duplicate_window: Duration::from_secs(streams.duplicate_window_secs),
-            ..Topology::default()
         }
     }
 
@@ -450,7 +461,7 @@ impl Config {
             Priority::Normal => self.worker.normal,
             Priority::Low => self.worker.low,
         };
-        PoolConfig { concurrency: section.concurrency, threads: section.threads }
+        PoolConfig { threads: section.threads }
     }
 
     /// The pool of one priority, mutably, for overrides.
@@ -518,12 +529,10 @@ mod tests {
 
     #[test]
     fn a_file_overrides_only_what_it_says() {
-        let config =
-            Config::from_toml("[worker]\nmax_deliveries = 3\n[worker.low]\nconcurrency = 8\nthreads = 2\n")
-                .unwrap();
+        let config = Config::from_toml("[worker]\nmax_deliveries = 3\n[worker.low]\nthreads = 2\n").unwrap();
         assert_eq!(config.worker.max_deliveries, 3);
-        assert_eq!(config.pool(Priority::Low), PoolConfig { concurrency: 8, threads: 2 });
-        assert_eq!(config.pool(Priority::High), PoolConfig::default_for(Priority::High));
+        assert_eq!(config.pool(Priority::Low), PoolConfig { threads: 2 });
+        assert_eq!(config.pool(Priority::High), PoolConfig::default());
         assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
         config.validate().unwrap();
     }
@@ -574,7 +583,9 @@ mod tests {
         let invalid = [
             ("[worker]\nmax_deliveries = 0\n", "worker.max_deliveries: must be at least 1"),
             ("[streams]\nreplicas = 7\n", "streams.replicas: use 1 to 5"),
-            ("[worker.high]\nconcurrency = 0\nthreads = 1\n", "worker.high: concurrency and threads"),
+            ("[worker.high]\nthreads = 0\n", "worker.high: threads must be at least 1"),
+            ("[streams]\npartitions = 0\n", "streams.partitions"),
+            ("[streams]\npartitions = 1025\n", "streams.partitions"),
             ("[streams]\nhistory_max_bytes = 10\n", "streams.history_max_bytes: 10 is too small"),
             ("[log]\nlevel = \"info,=[\"\n", "log.level:"),
         ];
