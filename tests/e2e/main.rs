@@ -10,6 +10,7 @@ mod browser;
 mod config;
 mod dead_letters;
 mod delivery;
+mod deploy;
 mod edges;
 mod faults;
 mod gates;
