@@ -7,6 +7,7 @@ mod support;
 mod attacks;
 mod bad_input;
 mod browser;
+mod clock;
 mod config;
 mod dead_letters;
 mod delivery;

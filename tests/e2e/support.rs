@@ -144,11 +144,18 @@ impl Stack {
 
     /// Starts `reno worker` with extra flags; returns its index for [`Stack::counter`] and signals.
     pub fn start_worker(&mut self, flags: &[&str]) -> usize {
+        self.start_worker_with_env(flags, &[])
+    }
+
+    /// [`Stack::start_worker`] with extra environment variables for the process.
+    pub fn start_worker_with_env(&mut self, flags: &[&str], env: &[(&str, &str)]) -> usize {
         let port = free_port();
         let metrics = format!("127.0.0.1:{port}");
         let mut args = vec!["worker", "--admin-addr", &metrics];
         args.extend_from_slice(flags);
-        let process = Process::spawn(self.reno(&args)).expect("start reno worker");
+        let mut command = self.reno(&args);
+        command.envs(env.iter().copied());
+        let process = Process::spawn(command).expect("start reno worker");
         self.processes.push((process, port));
         self.workers.push(self.processes.len() - 1);
         self.processes.len() - 1
@@ -259,6 +266,17 @@ impl Stack {
         let port = self.processes[worker].1;
         let text = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
         sum_counter(&text, name, labels)
+    }
+
+    /// The first sample of a gauge of a process's metrics whose labels include all of `labels`.
+    pub async fn gauge(&self, process: usize, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let port = self.processes[process].1;
+        let text = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
+        let labels: Vec<String> = labels.iter().map(|(key, value)| format!("{key}=\"{value}\"")).collect();
+        text.lines()
+            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+            .find(|line| labels.iter().all(|label| line.contains(label.as_str())))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
     }
 
     /// Waits until a worker's counter reaches `at_least`.

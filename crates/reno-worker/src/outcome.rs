@@ -4,7 +4,6 @@
 //! per priority and type, give or take the deliveries in flight.
 
 use reno_model::Priority;
-use time::OffsetDateTime;
 
 /// Counter of events by priority, type and outcome (`received` included).
 pub const EVENTS_METRIC: &str = "reno_worker_events_total";
@@ -103,9 +102,9 @@ pub(crate) fn count_push(priority: Priority, device_type: &reno_model::DeviceTyp
 }
 
 /// Records how long after the server received it an event's notification was pushed.
-pub(crate) fn observe_push(priority: Priority, published: OffsetDateTime) {
-    let seconds = (OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0);
-    metrics::histogram!(PUSH_LATENCY_METRIC, "priority" => priority.as_str()).record(seconds);
+pub(crate) fn observe_push(priority: Priority, seconds_since_published: f64) {
+    metrics::histogram!(PUSH_LATENCY_METRIC, "priority" => priority.as_str())
+        .record(seconds_since_published.max(0.0));
 }
 
 pub(crate) fn count(priority: Priority, event_type: &str, outcome: Outcome, seconds_since_published: f64) {

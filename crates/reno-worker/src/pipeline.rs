@@ -36,6 +36,8 @@ pub(crate) struct Pipeline {
     pub history: History,
     /// Which members have a device of which type online: the push goes only there.
     pub presence: PresenceView,
+    /// The clock of the server that stamps this priority's events: ages are measured by it.
+    pub clock: reno_nats::ServerClock,
     /// Events delivered recently (`type:member:id`): spares the history a round trip for repeats.
     pub delivered_ids: moka::sync::Cache<String, ()>,
     pub max_deliveries: i64,
@@ -152,7 +154,7 @@ impl Pipeline {
                 Outcome::Retried
             }
         };
-        let seconds = (OffsetDateTime::now_utc() - published).as_seconds_f64().max(0.0);
+        let seconds = (self.clock.now() - published).as_seconds_f64().max(0.0);
         debug!(outcome = outcome.label(), seconds, "handled");
         outcome::count(self.priority, &event_type, outcome, seconds);
     }
@@ -179,7 +181,8 @@ impl Pipeline {
         span.record("event_id", envelope.id.as_str());
         span.record("member", envelope.member.as_str());
 
-        let age = (OffsetDateTime::now_utc() - published).unsigned_abs();
+        // By the server's clock, which stamped `published`: this worker's own may be minutes off.
+        let age = (self.clock.now() - published).unsigned_abs();
         match gates::staleness(age, route.spec.stale_after, deliveries) {
             Staleness::Fresh => {}
             Staleness::Stale => return Ok(Outcome::Stale),
@@ -215,7 +218,7 @@ impl Pipeline {
                     notification.seq = seq;
                     self.push(device_type, &notification).await?;
                     outcome::count_push(self.priority, device_type, "sent");
-                    outcome::observe_push(self.priority, published);
+                    outcome::observe_push(self.priority, (self.clock.now() - published).as_seconds_f64());
                 } else {
                     outcome::count_push(self.priority, device_type, "skipped_offline");
                 }

@@ -176,6 +176,7 @@ async fn run_priority(
             .await
             .map_err(|error| missing(priority, format!("bucket {}", subject::HISTORY_BUCKET), error))?;
         let history = History::new(jetstream.clone(), history_stream);
+        let clock = reno_nats::ServerClock::follow(jetstream.clone(), stream_name.clone()).await;
         let pipeline = Arc::new(Pipeline {
             priority,
             registry,
@@ -183,6 +184,7 @@ async fn run_priority(
             jetstream,
             history,
             presence,
+            clock,
             delivered_ids: moka::sync::Cache::builder()
                 .max_capacity(config.dedup_capacity)
                 .time_to_live(config.dedup_ttl)
