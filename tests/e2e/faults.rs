@@ -201,14 +201,10 @@ async fn a_poison_event_is_dead_lettered_while_the_others_flow() {
     let mut stack = cluster_stack(&[]).await;
     stack.start_pull_service().await;
     let worker = stack.start_worker(&["--max-deliveries", "3"]);
-    // A collapsing entry no worker can read: its key's next event fails on every delivery.
+    // A history no worker can read: its member's next event fails on every delivery.
     stack
         .jetstream
-        .publish_with_headers(
-            subject::history_subject("pia.tv.plan_changed.plan_changed"),
-            async_nats::HeaderMap::new(),
-            b"\xa1\x63new\x01".to_vec().into(),
-        )
+        .publish(subject::history_subject(&member_id("pia")), b"\xa1\x63new\x01".to_vec().into())
         .await
         .unwrap()
         .await
@@ -221,6 +217,9 @@ async fn a_poison_event_is_dead_lettered_while_the_others_flow() {
     stack
         .wait_for_counter(worker, "reno_worker_dead_letters_total", &[("reason", "retries_exhausted")], 1)
         .await;
+    // The operator removes the history no worker can read; the checker reads every member's.
+    let history = stack.jetstream.get_key_value(subject::HISTORY_BUCKET).await.unwrap();
+    history.delete("pia").await.unwrap();
     let verdict = check(&stack, &acked, "tv").await;
     assert!(verdict.lost.is_empty(), "lost: {:?}", verdict.lost);
     assert_eq!((verdict.delivered, verdict.dead_lettered), (300, 1));
@@ -286,17 +285,26 @@ async fn heavy_a_device_too_slow_to_read_is_cut_off_alone_and_recovers_by_pull()
     eventually("the edge cut the slow device", || std::future::ready(edge_log().contains("Slow Consumer")))
         .await;
     slow.signal("CONT").unwrap();
-    // Back, it reconnects and pulls: every notification is printed, once.
+    // Back, it reconnects and pulls. Rex's history keeps the newest that fit in one message (about
+    // a dozen of these), so the device is told it missed some (resync) and gets every one still
+    // kept, each once.
+    let kept: BTreeSet<String> = stack
+        .pull_page("rex", "tv", 0, 1000)
+        .await
+        .notifications
+        .iter()
+        .map(|notification| notification.id.to_string())
+        .collect();
+    assert!(kept.len() < sent.len(), "the history kept all {} of rex's", kept.len());
     eventually("the slow device caught up", || {
-        let printed: Vec<String> = slow
-            .output()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter_map(|line| line["id"].as_str().map(str::to_owned))
-            .collect();
+        let lines: Vec<serde_json::Value> =
+            slow.output().lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+        let printed: Vec<String> =
+            lines.iter().filter_map(|line| line["id"].as_str().map(str::to_owned)).collect();
         let distinct: BTreeSet<&String> = printed.iter().collect();
         assert_eq!(distinct.len(), printed.len(), "a notification printed twice");
-        std::future::ready(sent.keys().all(|id| distinct.contains(id)))
+        let resynced = lines.iter().any(|line| line["resync"] == true);
+        std::future::ready(resynced && kept.iter().all(|id| distinct.contains(id)))
     })
     .await;
 }

@@ -1,12 +1,17 @@
 //! What a worker finds in the history and does about it: its own earlier write (stored although the
 //! write's answer was lost) is pushed, an entry it cannot read is never overwritten, and a stale
-//! redelivery that was never started is dropped while one that was started is finished.
+//! redelivery that was never started is dropped while one that was started is finished. (A history
+//! is one document per member: `reno_model::history`.)
 
 use std::time::Duration;
 
-use async_nats::{HeaderMap, jetstream::consumer::PullConsumer};
+use async_nats::jetstream::consumer::PullConsumer;
 use futures::{StreamExt, TryStreamExt};
-use reno_model::{CollapseKey, Notification, subject};
+use reno_model::{
+    CollapseKey, Envelope, Notification,
+    history::{Entry, MemberHistory},
+    subject,
+};
 
 use crate::support::*;
 
@@ -27,20 +32,26 @@ stale_after_secs = 3600
 collapse = true
 "#;
 
-/// Writes a history entry the way a worker does, with `Reno-Source` naming the message it came from.
-async fn write_entry(stack: &Stack, key: &str, value: Vec<u8>, source: Option<&str>) -> u64 {
-    let mut headers = HeaderMap::new();
-    if let Some(source) = source {
-        headers.insert("Reno-Source", source);
+/// Writes a member's history document as it is stored; returns its revision.
+async fn write_history(stack: &Stack, member: &str, value: Vec<u8>) -> u64 {
+    let subject = subject::history_subject(&member_id(member));
+    stack.jetstream.publish(subject, value.into()).await.unwrap().await.unwrap().sequence
+}
+
+/// The history entry a worker writes for `envelope`, for `targets`, from the message `source`.
+fn entry_of(envelope: &Envelope, targets: &[&str], source: &str) -> Entry {
+    Entry {
+        seq: 0,
+        written_ms: 0,
+        targets: targets.iter().map(|target| device(target)).collect(),
+        source: source.to_owned(),
+        id: envelope.id.clone(),
+        event_type: envelope.event_type.clone(),
+        occurred_at_ms: envelope.occurred_at_ms,
+        published_at_ms: 1,
+        payload: envelope.payload.clone(),
+        collapse_key: None,
     }
-    let ack = stack
-        .jetstream
-        .publish_with_headers(subject::history_subject(key), headers, value.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    ack.sequence
 }
 
 #[tokio::test]
@@ -53,11 +64,10 @@ async fn a_write_stored_although_its_answer_was_lost_is_still_pushed() {
     let published = stack.publisher().publish(&envelope).await.unwrap();
     // What an attempt whose history write timed out leaves behind: the entry is there, written from
     // this very message, but nothing was pushed and the event was not acked.
-    let key = format!("ivan.tv.lasting.{}", envelope.id);
-    let mut notification = Notification::from_event(&envelope, &device("tv"), 1);
-    notification.collapse_key = None;
     let source = format!("{}:{}", published.stream, published.sequence);
-    let seq = write_entry(&stack, &key, notification.encode(), Some(&source)).await;
+    let history =
+        MemberHistory { entries: vec![entry_of(&envelope, &["tv"], &source)], ..Default::default() };
+    let seq = write_history(&stack, "ivan", history.encode()).await;
 
     let worker = stack.start_worker(&[]);
     stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 1).await;
@@ -68,12 +78,11 @@ async fn a_write_stored_although_its_answer_was_lost_is_still_pushed() {
 }
 
 #[tokio::test]
-async fn a_collapsing_entry_the_worker_cannot_read_is_never_overwritten() {
+async fn a_history_the_worker_cannot_read_is_never_overwritten() {
     let mut stack = Stack::start_with(Some(REGISTRY), &[]).await;
-    // As a newer reno might write it during a rolling upgrade: not a notification this worker knows.
-    let key = "judy.tv.plan_changed.plan";
+    // As a newer reno might write it during a rolling upgrade: not a history this worker knows.
     let unreadable = b"\xa1\x63new\x01".to_vec();
-    let seq = write_entry(&stack, key, unreadable.clone(), Some("RENO_HIGH:999")).await;
+    let seq = write_history(&stack, "judy", unreadable.clone()).await;
     let mut update = event("plan_changed", "judy", text("basic"));
     update.collapse_key = Some(CollapseKey::new("plan").unwrap());
     update.targets = Some(vec![device("tv")]);
@@ -85,7 +94,8 @@ async fn a_collapsing_entry_the_worker_cannot_read_is_never_overwritten() {
         .wait_for_counter(worker, "reno_worker_dead_letters_total", &[("reason", "retries_exhausted")], 1)
         .await;
     let history = stack.jetstream.get_stream(subject::history_stream()).await.unwrap();
-    let stored = history.direct_get_last_for_subject(subject::history_subject(key)).await.unwrap();
+    let stored =
+        history.direct_get_last_for_subject(subject::history_subject(&member_id("judy"))).await.unwrap();
     assert_eq!((stored.sequence, stored.payload.to_vec()), (seq, unreadable));
     assert_eq!(stack.counter(worker, "reno_worker_events_total", &[("outcome", "delivered")]).await, 0);
 }
@@ -102,9 +112,9 @@ async fn a_stale_redelivery_is_dropped_unless_an_earlier_attempt_started_it() {
     let published = stack.publisher().publish(&half_done).await.unwrap();
     // The second one's mobile entry was written by an earlier attempt that then stopped.
     let source = format!("{}:{}", published.stream, published.sequence);
-    let key = format!("kate.mobile.fleeting.{}", half_done.id);
-    let notification = Notification::from_event(&half_done, &device("mobile"), 1);
-    write_entry(&stack, &key, notification.encode(), Some(&source)).await;
+    let history =
+        MemberHistory { entries: vec![entry_of(&half_done, &["mobile"], &source)], ..Default::default() };
+    write_history(&stack, "kate", history.encode()).await;
 
     // Both are fetched by their partitions' consumers and handed back without being worked on, as
     // a worker shutting down does, after they went stale: their redeliveries were never processed.

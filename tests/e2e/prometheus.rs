@@ -62,12 +62,12 @@ async fn every_dashboard_query_and_alert_has_data_in_a_real_prometheus() {
     let stale_since = Instant::now();
     let pull = stack.start_pull_service().await;
     let (_gateway_process, gateway, gateway_admin) = start_gateway_with_admin(&stack).await;
-    // Retried: a collapsing entry the worker cannot read is never overwritten; with two deliveries
-    // allowed, the event is retried once, then dead-lettered.
-    let key = "olga.tv.recommendations_refreshed.recommendations_refreshed";
+    // Retried: a history the worker cannot read is never overwritten; with two deliveries allowed,
+    // the event is retried once, then dead-lettered.
     let unreadable = b"\xa1\x63new\x01".to_vec();
-    stack.jetstream.publish(subject::history_subject(key), unreadable.into()).await.unwrap().await.unwrap();
-    let mut unreadable_event = event("recommendations_refreshed", "olga", text("for you"));
+    let oscar = subject::history_subject(&member_id("oscar"));
+    stack.jetstream.publish(oscar, unreadable.into()).await.unwrap().await.unwrap();
+    let mut unreadable_event = event("recommendations_refreshed", "oscar", text("for you"));
     unreadable_event.targets = Some(vec![device("tv")]);
     stack.publisher().publish(&unreadable_event).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500).saturating_sub(stale_since.elapsed())).await;

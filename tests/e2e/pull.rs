@@ -1,7 +1,8 @@
 //! Pull: a device that was offline gets exactly what it missed, in order, in pages; a cursor older
-//! than the retained history, or from a history that was reset, gets the resync signal.
+//! than the retained history, or from a history that was reset, gets the resync signal; and a pull
+//! reads only its member's own history, however large the whole history is.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use reno_device::DeviceEvent;
 use reno_model::{Value, subject};
@@ -24,7 +25,7 @@ async fn publish_and_deliver(stack: &Stack, worker: usize, member: &str, count: 
 
 #[tokio::test]
 async fn an_offline_device_gets_exactly_what_it_missed_in_order() {
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::start_with(None, &["--history-max-entries", "300"]).await;
     let worker = stack.start_all().await;
     let published = publish_and_deliver(&stack, worker, "frank", 250).await;
 
@@ -74,30 +75,28 @@ async fn an_offline_device_gets_exactly_what_it_missed_in_order() {
 
 #[tokio::test]
 async fn a_cursor_older_than_the_history_gets_the_resync_signal() {
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::start_with(None, &["--history-max-entries", "50"]).await;
     let worker = stack.start_all().await;
-    publish_and_deliver(&stack, worker, "grace", 20).await;
-    let page = stack.pull_page("grace", "tv", 0, 100).await;
+    // More than a member's history holds: the oldest make room, and the history says so.
+    publish_and_deliver(&stack, worker, "grace", 70).await;
+    let page = stack.pull_page("grace", "tv", 0, 1000).await;
     let seqs: Vec<u64> = page.notifications.iter().map(|notification| notification.seq).collect();
-    assert_eq!(seqs.len(), 20);
+    assert_eq!(seqs.len(), 50);
     assert!(!page.resync, "cursor 0 means from the start: no resync");
 
-    // Retention drops the oldest entries (done here by purging the history stream up to the
-    // tenth notification, exactly what max_age does over time).
-    let history = stack.jetstream.get_stream(subject::history_stream()).await.unwrap();
-    history.purge().sequence(seqs[10]).await.unwrap();
-
-    let page = stack.pull_page("grace", "tv", seqs[2], 100).await;
+    // A device that had the first few: the next 17 are gone.
+    let page = stack.pull_page("grace", "tv", 3, 1000).await;
     assert!(page.resync, "entries after the cursor are gone");
     let kept: Vec<u64> = page.notifications.iter().map(|notification| notification.seq).collect();
-    assert_eq!(kept, seqs[10..]);
-    // A cursor at or after the retained start is fine.
-    assert!(!stack.pull_page("grace", "tv", seqs[10], 100).await.resync);
+    assert_eq!(kept, seqs);
+    // A cursor at or after the last one dropped is fine: the history knows what it dropped.
+    let last_dropped = seqs[0] - 1;
+    assert!(!stack.pull_page("grace", "tv", last_dropped, 1000).await.resync);
 
     // The device SDK hands the signal to the app first, then what is still retained.
-    let mut tv = stack.device("grace", "tv", seqs[2]).await;
+    let mut tv = stack.device("grace", "tv", 3).await;
     assert_eq!(within("resync", tv.next()).await.unwrap(), DeviceEvent::Resync);
-    assert_eq!(next_notification(&mut tv).await.seq, seqs[10]);
+    assert_eq!(next_notification(&mut tv).await.seq, seqs[0]);
 }
 
 #[tokio::test]
@@ -190,20 +189,15 @@ async fn entries_replaced_by_collapse_are_no_gap() {
     let newer = event("plan_changed", "xena", text("premium"));
     stack.publisher().publish(&newer).await.unwrap();
     stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 2).await;
-    let mut stream = stack.jetstream.get_stream(subject::history_stream()).await.unwrap();
-    let first_seq = stream.info().await.unwrap().state.first_sequence;
-    assert!(position.cursor + 1 < first_seq, "the cursor is below the history's start");
 
-    // Knowing when its cursor was written, the service sees that nothing after it can have
-    // expired: no resync, just the newer state.
+    // The member's history records what it dropped, and a replaced state is not that: no resync,
+    // just the newer state, with the cursor's time, its epoch alone, or a bare cursor.
     let page = stack.pull("xena", "tv", position.request(100)).await;
     assert!(!page.resync);
     let ids: Vec<_> = page.notifications.iter().map(|notification| &notification.id).collect();
     assert_eq!(ids, [&newer.id]);
-    // With its epoch alone, the history's creation time stands in: still no resync. A bare
-    // cursor says nothing about when it was written, so the service assumes the worst.
     assert!(!stack.pull_page_in("xena", "tv", position.cursor, position.epoch, 100).await.resync);
-    assert!(stack.pull_page("xena", "tv", position.cursor, 100).await.resync);
+    assert!(!stack.pull_page("xena", "tv", position.cursor, 100).await.resync);
     // The device SDK keeps the time with its position.
     let mut tv = stack.device_at("xena", "tv", position).await;
     assert_eq!(next_notification(&mut tv).await.id, newer.id);
@@ -229,4 +223,72 @@ async fn entries_lost_to_retention_are_a_gap() {
         [next_notification(&mut tv).await.id.to_string(), next_notification(&mut tv).await.id.to_string()]
             .into();
     assert_eq!(received, later);
+}
+
+/// What the server sent the pull service's connection so far: messages and bytes (from the
+/// server's own connection list, not from reno).
+fn sent_to_pull_service(stack: &Stack) -> (u64, u64) {
+    let (_, body) = stack.cluster.hub(0).monitor("/connz?subs=1&limit=1024").expect("connz");
+    // The body as the monitoring endpoint sent it, chunked or not: the JSON object inside.
+    let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+    let connz: serde_json::Value = serde_json::from_str(json).unwrap();
+    let connection = connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|connection| {
+            connection["subscriptions_list"].as_array().is_some_and(|subscriptions| {
+                subscriptions.iter().any(|subject| subject == subject::PULL_SUBJECTS)
+            })
+        })
+        .expect("the pull service's connection");
+    (connection["out_msgs"].as_u64().unwrap(), connection["out_bytes"].as_u64().unwrap())
+}
+
+/// One pull of `member`'s tv history, with what the server sent the pull service for it.
+async fn measured_pull(stack: &Stack, member: &str) -> (reno_model::PullPage, u64, u64) {
+    // Past the service's reuse of the bucket's bounds, so that every measured pull reads them.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (messages, bytes) = sent_to_pull_service(stack);
+    let page = stack.pull_page(member, "tv", 0, 100).await;
+    let (messages_after, bytes_after) = sent_to_pull_service(stack);
+    (page, messages_after - messages, bytes_after - bytes)
+}
+
+#[tokio::test]
+async fn heavy_a_pull_reads_only_its_members_history() {
+    let mut stack = Stack::start().await;
+    let worker = stack.start_all().await;
+    publish_and_deliver(&stack, worker, "solo", 10).await;
+    let (small_page, small_messages, small_bytes) = measured_pull(&stack, "solo").await;
+    assert_eq!(small_page.notifications.len(), 10);
+
+    // A hundred times the history, of 2,000 other members.
+    let before = stack.counter(worker, "reno_worker_events_total", &[("outcome", "delivered")]).await;
+    // In rounds of a thousand: the client holds at most a few thousand unanswered publishes.
+    for round in 0..10u32 {
+        let mut acks = Vec::new();
+        for index in round * 1000..(round + 1) * 1000 {
+            let envelope =
+                event("viewing_activity", &format!("crowd{}", index % 2000), Value::Integer(index.into()));
+            let subject = subject::event_subject(&envelope.event_type, &envelope.member);
+            acks.push(stack.jetstream.publish(subject, envelope.encode().into()).await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+    stack
+        .wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], before + 10_000)
+        .await;
+    let (large_page, large_messages, large_bytes) = measured_pull(&stack, "solo").await;
+
+    println!(
+        "one pull of a member with 10 entries: {small_messages} messages, {small_bytes} bytes from the server \
+         with 10 entries in the history; {large_messages} messages, {large_bytes} bytes with 10,010"
+    );
+    assert_eq!(large_page, small_page, "the same page before and after");
+    assert_eq!(large_messages, small_messages, "the server sent as many messages for the pull");
+    // The bucket's bounds are a few digits longer; the member's history is the same size.
+    assert!(large_bytes.abs_diff(small_bytes) < 64, "{small_bytes} bytes, then {large_bytes}");
 }

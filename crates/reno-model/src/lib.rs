@@ -1,11 +1,12 @@
 //! The event model of reno, with no IO: the envelope services publish, the notification devices
-//! receive, the event-type registry, the subject scheme and the CBOR codec with its limits. Everything
+//! receive, a member's history as stored, the event-type registry, the subject scheme and the CBOR codec with its limits. Everything
 //! that decides whether an event is valid and where it goes lives here, tested without a server.
 
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod envelope;
+pub mod history;
 pub mod notification;
 pub mod presence;
 pub mod registry;

@@ -22,7 +22,7 @@ pub const EVENT_PREFIX: &str = "reno.evt";
 pub const DEAD_LETTER_STREAM: &str = "RENO_DEAD";
 /// Every dead-letter subject.
 pub const DEAD_LETTER_SUBJECTS: &str = "reno.dead.>";
-/// The KV bucket that keeps each device type's notification history.
+/// The KV bucket that keeps the notification history: one key per member (see [`crate::history`]).
 pub const HISTORY_BUCKET: &str = "RENO_HISTORY";
 /// The KV bucket of online devices: key `<member>.<device_type>.<device_id>`, gone when a device has
 /// not announced itself for the presence time-to-live.
@@ -195,19 +195,9 @@ pub fn history_stream() -> String {
     format!("KV_{HISTORY_BUCKET}")
 }
 
-/// The history key of one notification: `<member>.<device_type>.<type>.<notification key>`.
-pub fn history_key(member: &MemberId, device_type: &DeviceType, event_type: &EventType, key: &str) -> String {
-    format!("{member}.{device_type}.{event_type}.{key}")
-}
-
-/// The subject a history entry is stored under: `$KV.RENO_HISTORY.<key>`.
-pub fn history_subject(key: &str) -> String {
-    format!("$KV.{HISTORY_BUCKET}.{key}")
-}
-
-/// The KV subject filter for all history of one member's device type.
-pub fn history_filter(member: &MemberId, device_type: &DeviceType) -> String {
-    format!("$KV.{HISTORY_BUCKET}.{member}.{device_type}.>")
+/// The subject a member's history is stored under: `$KV.RENO_HISTORY.<member>`.
+pub fn history_subject(member: &MemberId) -> String {
+    format!("$KV.{HISTORY_BUCKET}.{member}")
 }
 
 #[cfg(test)]
@@ -285,10 +275,7 @@ mod tests {
         assert_eq!(priority_stream(Priority::Normal), "RENO_NORMAL");
         assert_eq!(dead_letter_subject(Priority::Low, "malformed"), "reno.dead.low.malformed");
         let member = MemberId::new("m1").unwrap();
-        let device = DeviceType::new("tv").unwrap();
-        let event_type = EventType::new("plan_changed").unwrap();
-        assert_eq!(history_key(&member, &device, &event_type, "k"), "m1.tv.plan_changed.k");
-        assert_eq!(history_filter(&member, &device), "$KV.RENO_HISTORY.m1.tv.>");
+        assert_eq!(history_subject(&member), "$KV.RENO_HISTORY.m1");
         assert_eq!(history_stream(), "KV_RENO_HISTORY");
     }
 }

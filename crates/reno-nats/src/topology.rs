@@ -33,6 +33,9 @@ pub struct Topology {
     pub event_max_bytes: i64,
     /// How long notifications stay in the history for devices to pull.
     pub history_retention: Duration,
+    /// Notifications a member's history holds; the oldest make room for new ones, and a device
+    /// further behind is told to resync.
+    pub history_max_entries: u32,
     /// Bytes the history may hold. When full it refuses new entries (nothing is dropped): workers
     /// retry the events, which wait in their priority streams, until entries expire or the limit
     /// is raised.
@@ -63,6 +66,7 @@ impl Default for Topology {
             event_retention: Duration::from_secs(7 * 24 * 3600),
             event_max_bytes: 1 << 30,
             history_retention: Duration::from_secs(7 * 24 * 3600),
+            history_max_entries: reno_model::history::DEFAULT_MAX_ENTRIES as u32,
             history_max_bytes: 4 << 30,
             dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
             dead_letter_max_bytes: 256 << 20,
@@ -112,6 +116,20 @@ pub struct ProvisionReport {
 
 /// The stream metadata key that holds a priority stream's partition count, for workers to read.
 pub const PARTITIONS_METADATA: &str = "reno_partitions";
+
+/// The history bucket's stream metadata key that holds how many notifications a member's history
+/// holds, for workers to read.
+pub const HISTORY_MAX_ENTRIES_METADATA: &str = "reno_history_max_entries";
+
+/// How many notifications a member's history holds, from the history stream's metadata (the
+/// default for a bucket provisioned before the setting existed).
+pub fn history_max_entries_of(config: &stream::Config) -> usize {
+    config
+        .metadata
+        .get(HISTORY_MAX_ENTRIES_METADATA)
+        .and_then(|entries| entries.parse().ok())
+        .unwrap_or(reno_model::history::DEFAULT_MAX_ENTRIES)
+}
 
 /// The partition count of a priority stream, from its metadata; `None` for a stream that was
 /// provisioned before partitions existed.
@@ -265,12 +283,14 @@ pub async fn provision(
 
     let history = kv::Config {
         bucket: subject::HISTORY_BUCKET.to_owned(),
-        description: "reno notification history per member and device type, for devices to pull".into(),
-        // One revision per key: a collapsed key keeps only its latest notification.
+        description: "reno notification history, one document per member, for devices to pull".into(),
+        // One revision per key: a member's document is rewritten whole by each event.
         history: 1,
+        // A document not written for this long goes: every entry in it is older. Entries inside a
+        // document are dropped by the same age when it is next written, and ignored by pulls.
         max_age: topology.history_retention,
         // Discard new (the KV default): a full history refuses writes rather than dropping the
-        // oldest entries, which the pull service would take for collapsed ones and not resync.
+        // oldest documents, whole members' histories, without a trace.
         max_bytes: topology.history_max_bytes,
         storage: StorageType::File,
         num_replicas: topology.replicas,
@@ -280,6 +300,13 @@ pub async fn provision(
         .create_or_update_key_value(history)
         .await
         .map_err(|source| ProvisionError::History { source: source.into() })?;
+    // KV settings have no metadata of their own: it goes on the bucket's stream.
+    let history_error = |source: async_nats::Error| ProvisionError::History { source };
+    let mut stream =
+        jetstream.get_stream(subject::history_stream()).await.map_err(|error| history_error(error.into()))?;
+    let mut config = stream.info().await.map_err(|error| history_error(error.into()))?.config.clone();
+    config.metadata.insert(HISTORY_MAX_ENTRIES_METADATA.to_owned(), topology.history_max_entries.to_string());
+    jetstream.update_stream(config).await.map_err(|error| history_error(error.into()))?;
 
     let presence = kv::Config {
         bucket: subject::PRESENCE_BUCKET.to_owned(),

@@ -1,33 +1,41 @@
-//! Reading one member's history for one device type, in pages, straight from the history bucket's
-//! stream with a batched direct get: no consumer is created per device, so a reconnect storm costs
-//! the server two requests per page (the stream's bounds, then the batch) and nothing it must clean
-//! up afterwards.
+//! Reading one member's history for one device type, in pages: one direct get of the member's
+//! document (see `reno_model::history`), so that a pull costs what that member's own history costs,
+//! whatever the size of the whole history, and no consumer is created per device. The bucket's
+//! epoch and retention come from its stream info, read at most once a second for all pulls.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
-use async_nats::{HeaderMap, StatusCode, jetstream};
-use futures::StreamExt;
+use async_nats::jetstream::{
+    self,
+    stream::{DirectGetErrorKind, Stream},
+};
 use reno_model::{
-    DeviceType, MemberId, Notification, PullPage, PullRequest,
+    DeviceType, MemberId, PullPage, PullRequest, codec,
+    history::MemberHistory,
     notification::{DEFAULT_PAGE_LIMIT, MAX_PAGE_BYTES, MAX_PAGE_LIMIT},
     subject,
 };
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use reno_nats::ServerClock;
 use tracing::warn;
 
-/// What a notification adds to a page beyond its stored bytes: its real `seq` (stored as 0) and
-/// the array's framing.
-const PER_ENTRY_OVERHEAD: usize = 16;
+/// How long to wait for the server's answer to one read.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long to wait for the server's answer to one page.
-const PAGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the bucket's bounds are reused between pulls.
+const BOUNDS_TTL: Duration = Duration::from_secs(1);
+
+/// What a notification adds to a page beyond its own encoding: the array's framing.
+const PER_ENTRY_OVERHEAD: usize = 8;
 
 /// Why a page could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("the history bucket is unreachable: {0}")]
     Unavailable(String),
-    #[error("the history did not answer within {PAGE_TIMEOUT:?}")]
+    #[error("the history did not answer within {READ_TIMEOUT:?}")]
     TimedOut,
     #[error("unexpected answer from the history: {0}")]
     Protocol(String),
@@ -36,20 +44,21 @@ pub enum HistoryError {
 /// Reads pages of history. Cheap to clone.
 #[derive(Clone)]
 pub struct HistoryReader {
-    client: async_nats::Client,
     jetstream: jetstream::Context,
+    clock: ServerClock,
+    bounds: Arc<Mutex<Option<(Instant, Bounds, Stream)>>>,
 }
 
-/// The history stream's bounds at the time of a request.
-struct Bounds {
-    first_seq: u64,
-    last_seq: u64,
-    /// When the bucket was created: a new value means a new history.
-    epoch: u64,
-    /// How long entries are kept; `None` for as long as the bucket lives.
-    retention: Option<Duration>,
-    /// When the first retained entry was written, milliseconds since the Unix epoch.
-    first_time_ms: u64,
+/// The history bucket as a whole, at the time of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    /// When the bucket was created, in nanoseconds since the Unix epoch: a new value means a new
+    /// history.
+    pub epoch: u64,
+    /// The bucket's last position: nothing written later can have a lower one.
+    pub last_seq: u64,
+    /// How long entries are kept, in milliseconds; `None` for as long as the bucket lives.
+    pub retention_ms: Option<u64>,
 }
 
 impl Bounds {
@@ -59,64 +68,23 @@ impl Bounds {
     }
 }
 
-/// Where a page starts.
-#[derive(Debug, PartialEq, Eq)]
-struct Start {
-    /// The page holds entries after this seq.
-    after: u64,
-    /// When the entry at `after` was written, if known.
-    after_time_ms: Option<u64>,
-    /// Notifications after the device's cursor may be gone.
-    resync: bool,
+/// A member's document as read: settled (every entry has its position and time).
+pub(crate) struct Document {
+    pub revision: u64,
+    /// When the server stored it, milliseconds since the Unix epoch.
+    pub stored_ms: u64,
+    pub history: MemberHistory,
 }
 
 /// How far apart the clocks of the servers of a cluster may be, for retention decisions.
 const CLOCK_SLACK_MS: u64 = 60_000;
 
-/// Decides where a page starts and whether the device must resync.
-///
-/// - A cursor from another epoch, or beyond the end, is from a history that was reset: start over.
-/// - A cursor below the first retained entry has a gap after it. The gap is a loss only if entries
-///   may have expired there: entries after the cursor were written after it, so they can have
-///   expired only if the cursor's own time is older than the retention. Otherwise they were
-///   replaced by collapse (their newer state is still there): read on from the cursor. Without a
-///   cursor time, assume the loss.
-/// - A cursor given with its epoch is a position in that history even at 0, and the history's
-///   creation time stands in for a missing cursor time (every entry was written after it). Only a
-///   bare cursor 0 is a device with nothing yet, which cannot have missed anything.
-fn start_of_page(request: &PullRequest, bounds: &Bounds, now_ms: u64) -> Start {
-    let same_epoch = request.epoch == Some(bounds.epoch);
-    let reset = (request.epoch.is_some() && !same_epoch) || request.cursor > bounds.last_seq;
-    if reset {
-        return Start { after: 0, after_time_ms: Some(bounds.created_ms()), resync: true };
-    }
-    let cursor_time_ms = request.cursor_time_ms.or(same_epoch.then(|| bounds.created_ms()));
-    let gap = (request.cursor > 0 || same_epoch) && request.cursor + 1 < bounds.first_seq;
-    let may_have_expired = match (cursor_time_ms, bounds.retention) {
-        (None, _) => true,
-        (Some(_), None) => false,
-        (Some(time_ms), Some(retention)) => {
-            time_ms.saturating_add(retention.as_millis() as u64) <= now_ms.saturating_add(CLOCK_SLACK_MS)
-        }
-    };
-    if gap && may_have_expired {
-        // Every entry from the first retained one on was written at or after its time.
-        return Start {
-            after: bounds.first_seq - 1,
-            after_time_ms: Some(bounds.first_time_ms),
-            resync: true,
-        };
-    }
-    Start { after: request.cursor, after_time_ms: cursor_time_ms, resync: false }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
 impl HistoryReader {
-    pub fn new(client: async_nats::Client) -> Self {
-        HistoryReader { jetstream: jetstream::new(client.clone()), client }
+    /// A reader on `client`'s connection, following the history servers' clock.
+    pub async fn start(client: async_nats::Client) -> Self {
+        let jetstream = jetstream::new(client);
+        let clock = ServerClock::follow(jetstream.clone(), subject::history_stream()).await;
+        HistoryReader { jetstream, clock, bounds: Arc::default() }
     }
 
     /// One page of `member`'s notifications for `device_type` above `request.cursor`.
@@ -126,169 +94,209 @@ impl HistoryReader {
         device_type: &DeviceType,
         request: PullRequest,
     ) -> Result<PullPage, HistoryError> {
-        let limit = request.limit.unwrap_or(DEFAULT_PAGE_LIMIT).clamp(1, MAX_PAGE_LIMIT);
-        let bounds = self.bounds().await?;
-        let start = start_of_page(&request, &bounds, now_ms());
-        let read = self.read(member, device_type, start.after + 1, limit).await?;
-        // The last entry read, not the last notification returned: entries skipped as deleted or
-        // unreadable must not be read again, or a page of them would repeat forever.
-        let (next_cursor, next_cursor_time_ms) = match read.last {
-            Some((seq, time_ms)) => (seq, time_ms),
-            None => (start.after, start.after_time_ms),
-        };
-        Ok(PullPage {
-            notifications: read.notifications,
-            next_cursor,
-            more: read.remaining > 0,
-            resync: start.resync,
-            epoch: bounds.epoch,
-            next_cursor_time_ms,
-        })
-    }
-
-    async fn bounds(&self) -> Result<Bounds, HistoryError> {
-        let stream_name = subject::history_stream();
-        let stream = self
-            .jetstream
-            .get_stream_no_info(&stream_name)
-            .await
-            .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
-        let info = stream.get_info().await.map_err(|error| HistoryError::Unavailable(error.to_string()))?;
-        let epoch = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
-        let retention = (!info.config.max_age.is_zero()).then_some(info.config.max_age);
-        // An empty stream reports a first time before 1970: clamp it, as the oldest possible.
-        let first_time_ms =
-            u64::try_from(info.state.first_timestamp.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        Ok(Bounds {
-            first_seq: info.state.first_sequence,
-            last_seq: info.state.last_sequence,
-            epoch,
-            retention,
-            first_time_ms,
-        })
-    }
-
-    /// Batched direct get (ADR-31): up to `limit` messages matching the filter from `start_seq` on,
-    /// answered as a series of messages closed by a 204 "EOB" status (or 404 when none match).
-    /// A 204 carries `Nats-Num-Pending`: how many matching messages remain after the batch.
-    async fn read(
-        &self,
-        member: &MemberId,
-        device_type: &DeviceType,
-        start_seq: u64,
-        limit: u32,
-    ) -> Result<Read, HistoryError> {
-        let inbox = self.client.new_inbox();
-        let mut replies = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
-        let request = format!(
-            r#"{{"seq":{start_seq},"next_by_subj":"{filter}","batch":{limit},"max_bytes":{MAX_PAGE_BYTES}}}"#,
-            filter = subject::history_filter(member, device_type),
-        );
-        self.client
-            .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.{}", subject::history_stream()),
-                inbox,
-                request.into(),
-            )
-            .await
-            .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
-
-        let mut read = Read { notifications: Vec::new(), last: None, remaining: 0, bytes: 0 };
-        loop {
-            let reply = tokio::time::timeout(PAGE_TIMEOUT, replies.next())
-                .await
-                .map_err(|_| HistoryError::TimedOut)?
-                .ok_or_else(|| HistoryError::Unavailable("connection closed".into()))?;
-            match reply.status {
-                Some(StatusCode::NOT_FOUND) => break,
-                Some(status) if status.as_u16() == 204 => {
-                    read.remaining = header_u64(reply.headers.as_ref(), "Nats-Num-Pending").unwrap_or(0);
-                    break;
-                }
-                Some(StatusCode::NO_RESPONDERS) => {
-                    return Err(HistoryError::Unavailable("no server answers for the history bucket".into()));
-                }
-                Some(status) if status != StatusCode::OK => {
-                    let description = reply.description.unwrap_or_default();
-                    return Err(HistoryError::Protocol(format!("status {status} {description}")));
-                }
-                _ => {}
-            }
-            let headers = reply.headers.as_ref();
-            let Some(seq) = header_u64(headers, "Nats-Sequence") else {
-                return Err(HistoryError::Protocol("a history entry came without Nats-Sequence".into()));
-            };
-            // The server stops a batch only after `max_bytes` is passed, by up to one entry: keep
-            // the page itself within its limit and leave the entry that would overflow it for the
-            // next page.
-            let cost = reply.payload.len() + PER_ENTRY_OVERHEAD;
-            if !read.notifications.is_empty() && read.bytes + cost > MAX_PAGE_BYTES {
-                read.remaining = read.remaining.max(1);
-                break;
-            }
-            read.bytes += cost;
-            let written_ms = headers
-                .and_then(|headers| headers.get("Nats-Time-Stamp"))
-                .and_then(|stamp| OffsetDateTime::parse(stamp.as_str(), &Rfc3339).ok())
-                .and_then(|time| u64::try_from(time.unix_timestamp_nanos() / 1_000_000).ok());
-            read.last = Some((seq, written_ms));
-            let deleted = headers.and_then(|headers| headers.get("KV-Operation")).is_some();
-            if deleted {
-                continue;
-            }
-            match Notification::decode(&reply.payload) {
-                Ok(mut notification) => {
-                    notification.seq = seq;
-                    read.notifications.push(notification);
-                }
-                Err(error) => {
-                    warn!(seq, %error, "unreadable history entry skipped");
-                    metrics::counter!("reno_pull_unreadable_entries_total").increment(1);
-                }
-            }
+        let (mut bounds, stream) = self.bounds(false).await?;
+        let document = read(&stream, member).await?;
+        if document.is_none() {
+            // Nothing of the member: the page's position comes from the bounds alone, so they must
+            // be current (a history created anew a moment ago).
+            bounds = self.bounds(true).await?.0;
         }
-        Ok(read)
+        let now_ms = u64::try_from(self.clock.now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        Ok(page_of(document.as_ref(), member, device_type, &request, &bounds, now_ms))
+    }
+
+    /// The bucket's bounds, read again if `fresh` or older than [`BOUNDS_TTL`].
+    async fn bounds(&self, fresh: bool) -> Result<(Bounds, Stream), HistoryError> {
+        if let Some((read_at, bounds, stream)) = self.bounds.lock().expect("not poisoned").as_ref()
+            && !fresh
+            && read_at.elapsed() < BOUNDS_TTL
+        {
+            return Ok((*bounds, stream.clone()));
+        }
+        let stream = tokio::time::timeout(READ_TIMEOUT, self.jetstream.get_stream(subject::history_stream()))
+            .await
+            .map_err(|_| HistoryError::TimedOut)?
+            .map_err(|error| HistoryError::Unavailable(error.to_string()))?;
+        let info = stream.cached_info();
+        let max_age = info.config.max_age;
+        let bounds = Bounds {
+            epoch: u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0),
+            last_seq: info.state.last_sequence,
+            retention_ms: (!max_age.is_zero())
+                .then(|| u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX)),
+        };
+        *self.bounds.lock().expect("not poisoned") = Some((Instant::now(), bounds, stream.clone()));
+        Ok((bounds, stream))
     }
 }
 
-/// What one batched read found.
-struct Read {
-    /// The readable notifications, in order.
-    notifications: Vec<Notification>,
-    /// The seq of the last entry read, readable or not, with when it was written.
-    last: Option<(u64, Option<u64>)>,
-    /// Matching entries left after this batch.
-    remaining: u64,
-    /// The encoded size of the page so far, estimated from the stored entries.
-    bytes: usize,
+/// The member's document, if there is one. A delete marker counts as none; a document this
+/// service cannot read (written by a newer reno) is an error, not an empty history.
+async fn read(stream: &Stream, member: &MemberId) -> Result<Option<Document>, HistoryError> {
+    let got = tokio::time::timeout(
+        READ_TIMEOUT,
+        stream.direct_get_last_for_subject(subject::history_subject(member)),
+    )
+    .await
+    .map_err(|_| HistoryError::TimedOut)?;
+    let message = match got {
+        Ok(message) => message,
+        Err(error) if error.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(HistoryError::Unavailable(error.to_string())),
+    };
+    if message.headers.get("KV-Operation").is_some() {
+        return Ok(None);
+    }
+    let mut history = MemberHistory::decode(&message.payload).map_err(|error| {
+        warn!(%member, %error, "unreadable history document");
+        metrics::counter!("reno_pull_unreadable_entries_total").increment(1);
+        HistoryError::Protocol(format!("the history of {member} cannot be read: {error}"))
+    })?;
+    let stored_ms = u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    history.settle(message.sequence, stored_ms);
+    Ok(Some(Document { revision: message.sequence, stored_ms, history }))
 }
 
-fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
-    headers?.get(name)?.as_str().parse().ok()
+/// The page for `request`, and whether the device must resync:
+///
+/// - A cursor from another epoch, or beyond the member's last write (or the bucket's end, when the
+///   member has none), is from a history that was reset: the page starts over, with resync.
+/// - Entries of the device type dropped for room or age after the cursor (the document's `pruned`,
+///   or entries past the retention still in it) are a loss: resync, and the page holds everything
+///   retained.
+/// - A cursor below the document's creation, or with no document at all, may have lost an earlier
+///   document that expired: a loss only if entries written after the cursor can have expired by
+///   now (the cursor's time, or the bucket's creation, plus the retention). Only a bare cursor 0
+///   (no epoch) is a device with nothing yet, which cannot have missed anything.
+///
+/// Entries replaced by collapse leave no trace and are no loss: the newer state is in the page.
+pub(crate) fn page_of(
+    document: Option<&Document>,
+    member: &MemberId,
+    device_type: &DeviceType,
+    request: &PullRequest,
+    bounds: &Bounds,
+    now_ms: u64,
+) -> PullPage {
+    let limit = request.limit.unwrap_or(DEFAULT_PAGE_LIMIT).clamp(1, MAX_PAGE_LIMIT) as usize;
+    let cursor = request.cursor;
+    let known = request.epoch.is_some() || cursor > 0;
+    let expired = |written_ms: u64| {
+        bounds.retention_ms.is_some_and(|retention| written_ms.saturating_add(retention) <= now_ms)
+    };
+    let may_have_expired = || {
+        let since = request.cursor_time_ms.unwrap_or(bounds.created_ms());
+        known
+            && bounds.retention_ms.is_some_and(|retention| {
+                since.saturating_add(retention) <= now_ms.saturating_add(CLOCK_SLACK_MS)
+            })
+    };
+    let reset = request.epoch.is_some_and(|epoch| epoch != bounds.epoch)
+        || document.map_or(cursor > bounds.last_seq, |document| cursor > document.revision);
+    let Some(document) = document else {
+        // Nothing of this member is retained: anything written for it from now on comes after the
+        // bucket's last position and after this moment.
+        return PullPage {
+            notifications: Vec::new(),
+            next_cursor: if reset { bounds.last_seq } else { cursor.max(bounds.last_seq) },
+            more: false,
+            resync: reset || may_have_expired(),
+            epoch: bounds.epoch,
+            next_cursor_time_ms: Some(now_ms),
+        };
+    };
+    let history = &document.history;
+    let mine = |entry: &&reno_model::history::Entry| entry.targets.contains(device_type);
+    let lost = known
+        && (history.pruned.get(device_type).is_some_and(|pruned| *pruned > cursor)
+            || history
+                .entries
+                .iter()
+                .filter(mine)
+                .any(|entry| entry.seq > cursor && expired(entry.written_ms))
+            || (cursor < history.created && may_have_expired()));
+    let resync = reset || lost;
+    let after = if resync { 0 } else { cursor };
+    let mut visible = history
+        .entries
+        .iter()
+        .filter(mine)
+        .filter(|entry| entry.seq > after && !expired(entry.written_ms))
+        .peekable();
+    let mut notifications = Vec::new();
+    let mut bytes = 0;
+    let mut last = None;
+    while let Some(entry) = visible.peek() {
+        let notification = entry.notification(member, device_type);
+        let cost = codec::encoded_len(&notification) + PER_ENTRY_OVERHEAD;
+        if notifications.len() == limit || (!notifications.is_empty() && bytes + cost > MAX_PAGE_BYTES) {
+            break;
+        }
+        bytes += cost;
+        last = Some((entry.seq, entry.written_ms));
+        notifications.push(notification);
+        visible.next();
+    }
+    let more = visible.peek().is_some();
+    // The end of the page; past the whole document when nothing of this device type remains, so
+    // that the cursor keeps up with the member's history and a gap before it is judged only once.
+    let (next_cursor, next_cursor_time_ms) = match (last, more) {
+        (Some(last), true) => last,
+        (Some((seq, time)), false) if seq >= document.revision => (seq, time),
+        _ => (document.revision, document.stored_ms),
+    };
+    PullPage {
+        notifications,
+        next_cursor,
+        more,
+        resync,
+        epoch: bounds.epoch,
+        next_cursor_time_ms: Some(next_cursor_time_ms),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use reno_model::{
+        EventId, EventType, Value,
+        history::{Entry, MemberHistory},
+    };
+
     use super::*;
 
     const DAY_MS: u64 = 24 * 3600 * 1000;
     const NOW: u64 = 100 * DAY_MS;
     /// The history's epoch: created on day 50 (in nanoseconds).
     const EPOCH: u64 = 50 * DAY_MS * 1_000_000;
-    /// The first retained entry was written on day 95.
-    const FIRST_TIME: u64 = 95 * DAY_MS;
 
-    fn bounds(first_seq: u64, last_seq: u64) -> Bounds {
-        Bounds {
-            first_seq,
-            last_seq,
-            epoch: EPOCH,
-            retention: Some(Duration::from_millis(7 * DAY_MS)),
-            first_time_ms: FIRST_TIME,
+    fn bounds() -> Bounds {
+        Bounds { epoch: EPOCH, last_seq: 500, retention_ms: Some(7 * DAY_MS) }
+    }
+
+    fn entry(seq: u64, written_ms: u64, targets: &[&str]) -> Entry {
+        Entry {
+            seq,
+            written_ms,
+            targets: targets.iter().map(|target| DeviceType::new(*target).unwrap()).collect(),
+            source: format!("RENO_NORMAL:{seq}"),
+            id: EventId::new(format!("e{seq}")).unwrap(),
+            event_type: EventType::new("t").unwrap(),
+            occurred_at_ms: written_ms,
+            published_at_ms: written_ms,
+            payload: Value::Null,
+            collapse_key: None,
+        }
+    }
+
+    /// A member's document with entries at `seqs`, all for the tv, written a day ago, created at
+    /// `created`; its revision is the last seq.
+    fn document(seqs: &[u64], created: u64) -> Document {
+        let entries = seqs.iter().map(|seq| entry(*seq, NOW - DAY_MS, &["tv"])).collect();
+        let revision = *seqs.last().unwrap_or(&created);
+        Document {
+            revision,
+            stored_ms: NOW - DAY_MS,
+            history: MemberHistory { entries, pruned: Default::default(), created },
         }
     }
 
@@ -296,63 +304,98 @@ mod tests {
         PullRequest { cursor, limit: None, epoch, cursor_time_ms }
     }
 
-    fn start(after: u64, after_time_ms: Option<u64>, resync: bool) -> Start {
-        Start { after, after_time_ms, resync }
+    fn page(document: Option<&Document>, request: PullRequest) -> PullPage {
+        page_of(
+            document,
+            &MemberId::new("m").unwrap(),
+            &DeviceType::new("tv").unwrap(),
+            &request,
+            &bounds(),
+            NOW,
+        )
+    }
+
+    fn seqs(page: &PullPage) -> Vec<u64> {
+        page.notifications.iter().map(|notification| notification.seq).collect()
     }
 
     #[test]
     fn a_cursor_inside_the_history_reads_on() {
-        assert_eq!(start_of_page(&request(0, None, None), &bounds(1, 50), NOW), start(0, None, false));
-        let inside = request(20, Some(EPOCH), Some(NOW - DAY_MS));
-        assert_eq!(start_of_page(&inside, &bounds(10, 50), NOW), start(20, Some(NOW - DAY_MS), false));
-        // Just below the first entry: nothing between them is missing.
-        assert_eq!(start_of_page(&request(9, None, None), &bounds(10, 50), NOW), start(9, None, false));
+        let doc = document(&[10, 20, 30], 10);
+        let first = page(Some(&doc), request(0, None, None));
+        assert_eq!(
+            (seqs(&first), first.resync, first.more, first.next_cursor),
+            (vec![10, 20, 30], false, false, 30)
+        );
+        let rest = page(Some(&doc), request(20, Some(EPOCH), Some(NOW - DAY_MS)));
+        assert_eq!((seqs(&rest), rest.resync), (vec![30], false));
+        let limited = page(Some(&doc), PullRequest { limit: Some(2), ..request(0, None, None) });
+        assert_eq!((seqs(&limited), limited.more, limited.next_cursor), (vec![10, 20], true, 20));
     }
 
     #[test]
-    fn a_bare_cursor_zero_has_missed_nothing() {
-        assert_eq!(start_of_page(&request(0, None, None), &bounds(10, 50), NOW), start(0, None, false));
+    fn only_the_device_types_own_entries_are_handed_out_and_the_cursor_keeps_up() {
+        let mut doc = document(&[10], 10);
+        doc.history.entries.push(entry(40, NOW - DAY_MS, &["mobile"]));
+        doc.revision = 40;
+        let page = page(Some(&doc), request(0, None, None));
+        assert_eq!((seqs(&page), page.next_cursor), (vec![10], 40));
     }
 
     #[test]
     fn a_reset_history_starts_over() {
-        let created = Some(EPOCH / 1_000_000);
-        assert_eq!(start_of_page(&request(20, Some(2), None), &bounds(1, 50), NOW), start(0, created, true));
-        assert_eq!(start_of_page(&request(60, None, None), &bounds(1, 50), NOW), start(0, created, true));
+        let doc = document(&[10, 20], 10);
+        for stale in [request(20, Some(EPOCH + 1), None), request(60, Some(EPOCH), None)] {
+            let page = page(Some(&doc), stale);
+            assert_eq!((seqs(&page), page.resync), (vec![10, 20], true));
+        }
+        let empty = page(None, request(20, Some(EPOCH + 1), None));
+        assert!(empty.resync);
+        let beyond = page(None, request(600, None, None));
+        assert!(beyond.resync);
     }
 
     #[test]
-    fn a_gap_is_a_loss_only_where_entries_may_have_expired() {
-        // Unknown cursor time and epoch: assume the gap is a loss.
-        assert_eq!(
-            start_of_page(&request(5, None, None), &bounds(10, 50), NOW),
-            start(9, Some(FIRST_TIME), true)
-        );
-        // A cursor older than the retention: entries after it may have expired.
-        let old = request(5, Some(EPOCH), Some(NOW - 8 * DAY_MS));
-        assert_eq!(start_of_page(&old, &bounds(10, 50), NOW), start(9, Some(FIRST_TIME), true));
-        // A recent cursor: nothing after it can have expired, the gap is collapsed entries.
-        let recent = request(5, Some(EPOCH), Some(NOW - DAY_MS));
-        assert_eq!(start_of_page(&recent, &bounds(10, 50), NOW), start(5, Some(NOW - DAY_MS), false));
-        // No retention limit: nothing expires.
-        let forever = Bounds { retention: None, ..bounds(10, 50) };
-        let ancient = request(5, Some(EPOCH), Some(1));
-        assert_eq!(start_of_page(&ancient, &forever, NOW), start(5, Some(1), false));
+    fn entries_dropped_after_the_cursor_are_a_loss() {
+        let mut doc = document(&[30, 40], 10);
+        doc.history.pruned.insert(DeviceType::new("tv").unwrap(), 25);
+        let behind = page(Some(&doc), request(20, Some(EPOCH), Some(NOW - DAY_MS)));
+        assert_eq!((seqs(&behind), behind.resync), (vec![30, 40], true));
+        let past = page(Some(&doc), request(25, Some(EPOCH), Some(NOW - DAY_MS)));
+        assert_eq!((seqs(&past), past.resync), (vec![30, 40], false));
+        // Dropped for another device type only: nothing lost for this one.
+        let mut other = document(&[30], 10);
+        other.history.pruned.insert(DeviceType::new("mobile").unwrap(), 25);
+        assert!(!page(Some(&other), request(20, Some(EPOCH), Some(NOW - DAY_MS))).resync);
+        // Past its retention, still in the document: lost too, and not handed out.
+        let mut old = document(&[30, 40], 10);
+        old.history.entries[0].written_ms = NOW - 8 * DAY_MS;
+        let aged = page(Some(&old), request(20, Some(EPOCH), Some(NOW - 9 * DAY_MS)));
+        assert_eq!((seqs(&aged), aged.resync), (vec![40], true));
     }
 
     #[test]
-    fn a_cursor_with_its_epoch_is_a_position_even_at_zero() {
-        // A device that saw an empty history on day 50 and comes back on day 100: what was written
-        // for it since may have expired.
-        let created = EPOCH / 1_000_000;
-        let empty_then = request(0, Some(EPOCH), None);
-        assert_eq!(start_of_page(&empty_then, &bounds(10, 50), NOW), start(9, Some(FIRST_TIME), true));
-        // The same a day after the history was created: nothing can have expired yet.
-        let day_after = created + DAY_MS;
-        assert_eq!(start_of_page(&empty_then, &bounds(10, 50), day_after), start(0, Some(created), false));
-        // The creation time also stands in for a missing cursor time.
-        let no_time = request(5, Some(EPOCH), None);
-        assert_eq!(start_of_page(&no_time, &bounds(10, 50), NOW), start(9, Some(FIRST_TIME), true));
-        assert_eq!(start_of_page(&no_time, &bounds(10, 50), day_after), start(5, Some(created), false));
+    fn an_earlier_document_that_expired_is_a_loss_only_where_it_may_have() {
+        // Recreated at 100; the device's cursor is from the member's earlier document.
+        let doc = document(&[100], 100);
+        assert!(page(Some(&doc), request(20, Some(EPOCH), Some(NOW - 8 * DAY_MS))).resync);
+        assert!(!page(Some(&doc), request(20, Some(EPOCH), Some(NOW - DAY_MS))).resync);
+        // Unknown cursor time: the bucket's creation (day 50) stands in, long ago: a loss.
+        assert!(page(Some(&doc), request(20, None, None)).resync);
+        // A device with nothing yet has missed nothing, even where entries were dropped.
+        assert!(!page(Some(&doc), request(0, None, None)).resync);
+        let mut pruned = document(&[30], 10);
+        pruned.history.pruned.insert(DeviceType::new("tv").unwrap(), 25);
+        assert!(!page(Some(&pruned), request(0, None, None)).resync);
+        // No document at all: the same rule, and the cursor moves past the bucket's end.
+        let gone = page(None, request(20, Some(EPOCH), Some(NOW - 8 * DAY_MS)));
+        assert!(gone.resync);
+        assert_eq!((gone.next_cursor, gone.next_cursor_time_ms), (500, Some(NOW)));
+        let fresh = page(None, request(20, Some(EPOCH), Some(NOW - DAY_MS)));
+        assert!(!fresh.resync);
+        let new_device = page(None, request(0, None, None));
+        assert!(!new_device.resync);
+        // A device that saw an empty history on day 50 (its epoch, cursor 0) and comes back now.
+        assert!(page(None, request(0, Some(EPOCH), None)).resync);
     }
 }

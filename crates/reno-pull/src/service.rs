@@ -49,7 +49,7 @@ pub async fn run(
         .add(subject::PULL_SUBJECTS)
         .await
         .map_err(PullServiceError::Start)?;
-    let reader = HistoryReader::new(client.clone());
+    let reader = HistoryReader::start(client.clone()).await;
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
     info!(subjects = subject::PULL_SUBJECTS, "pull service started");
 

@@ -1,10 +1,14 @@
-//! The worker's rules, with no IO and the clock passed in: when an event is stale, whose history
-//! entry an existing one is, which state of a collapse key is newer, how the results of one event's
-//! history writes fold into its outcome, and how long to wait before a retry.
+//! The worker's rules, with no IO and the clock passed in: when an event is stale, what an event
+//! does to its member's history (new, already there, or superseded, per device type), which state
+//! of a collapse key is newer, how the results fold into the event's outcome, and how long to wait
+//! before a retry.
 
 use std::time::Duration;
 
-use reno_model::Notification;
+use reno_model::{
+    DeviceType, Notification,
+    history::{Entry, MemberHistory},
+};
 
 use crate::outcome::Outcome;
 
@@ -64,12 +68,67 @@ pub(crate) fn existing(stored_source: Option<&str>, source: &str, revision: u64)
 /// server received it. On a tie in both, the later write wins. A source time after the server's
 /// receive time is a publisher's clock running ahead: it counts as the receive time, so that one
 /// event from the future cannot shadow every later state of its key.
-pub(crate) fn newer(stored: &Notification, incoming: &Notification) -> bool {
-    let order = |notification: &Notification| {
-        let source = notification.occurred_at_ms.min(notification.published_at_ms);
-        (source, notification.published_at_ms)
+pub(crate) fn newer(stored: &impl Stamped, incoming: &impl Stamped) -> bool {
+    let order = |(occurred_at_ms, published_at_ms): (u64, u64)| {
+        (occurred_at_ms.min(published_at_ms), published_at_ms)
     };
-    order(stored) > order(incoming)
+    order(stored.stamps()) > order(incoming.stamps())
+}
+
+/// What collapse orders by: when it happened at the source, and when the server received it.
+pub(crate) trait Stamped {
+    fn stamps(&self) -> (u64, u64);
+}
+
+impl Stamped for Notification {
+    fn stamps(&self) -> (u64, u64) {
+        (self.occurred_at_ms, self.published_at_ms)
+    }
+}
+
+impl Stamped for Entry {
+    fn stamps(&self) -> (u64, u64) {
+        (self.occurred_at_ms, self.published_at_ms)
+    }
+}
+
+/// Adds one event to a member's history, for each of its target device types: a new entry where
+/// the history has nothing under its key for that device type (or an older state, which loses that
+/// device type); nothing where it already holds this event (this message's write or another copy's)
+/// or a newer state of the key. Returns what it found per target, in `incoming`'s target order;
+/// `Written::New(0)` marks the targets of the entry appended, whose position the write gives.
+pub(crate) fn apply(history: &mut MemberHistory, mut incoming: Entry) -> Vec<(DeviceType, Written)> {
+    let mut results = Vec::with_capacity(incoming.targets.len());
+    let mut fresh = Vec::with_capacity(incoming.targets.len());
+    for device_type in std::mem::take(&mut incoming.targets) {
+        let holder = history.entries.iter_mut().find(|stored| {
+            stored.targets.contains(&device_type)
+                && stored.same_key(&incoming.event_type, &incoming.id, incoming.collapse_key.as_ref())
+        });
+        let written = match holder {
+            None => Written::New(0),
+            Some(stored) if stored.id == incoming.id => {
+                existing(Some(&stored.source), &incoming.source, stored.seq)
+            }
+            Some(stored) if newer(stored, &incoming) => Written::Superseded,
+            Some(stored) => {
+                stored.targets.retain(|target| *target != device_type);
+                Written::New(0)
+            }
+        };
+        if written == Written::New(0) {
+            fresh.push(device_type.clone());
+        }
+        results.push((device_type, written));
+    }
+    history.entries.retain(|stored| !stored.targets.is_empty());
+    if !fresh.is_empty() {
+        incoming.targets = fresh;
+        incoming.seq = 0;
+        incoming.written_ms = 0;
+        history.entries.push(incoming);
+    }
+    results
 }
 
 /// The outcome of an event whose history writes came out as `written`, one per target device type:
@@ -164,6 +223,68 @@ mod tests {
         assert!(!newer(&notification(100, 150), &notification(100, 150)));
         // A source time in the future (a clock running ahead) counts as the receive time.
         assert!(!newer(&notification(9_999_999, 1_000), &notification(1_500, 2_000)));
+    }
+
+    fn entry(id: &str, source: &str, targets: &[&str], times: (u64, u64), collapse: Option<&str>) -> Entry {
+        Entry {
+            seq: 0,
+            written_ms: 0,
+            targets: targets.iter().map(|target| DeviceType::new(*target).unwrap()).collect(),
+            source: source.to_owned(),
+            id: EventId::new(id).unwrap(),
+            event_type: EventType::new("plan_changed").unwrap(),
+            occurred_at_ms: times.0,
+            published_at_ms: times.1,
+            payload: Value::Null,
+            collapse_key: collapse.map(|key| reno_model::CollapseKey::new(key).unwrap()),
+        }
+    }
+
+    fn written(results: &[(DeviceType, Written)]) -> Vec<(String, Written)> {
+        results.iter().map(|(device_type, written)| (device_type.to_string(), *written)).collect()
+    }
+
+    #[test]
+    fn an_event_is_added_once_per_device_type() {
+        let mut history = MemberHistory::default();
+        let first = apply(&mut history, entry("e1", "S:1", &["tv", "mobile"], (1, 1), None));
+        assert_eq!(written(&first), [("tv".into(), Written::New(0)), ("mobile".into(), Written::New(0))]);
+        history.settle(10, 100);
+        // The same message again (a retry after a lost answer): ours, at its position.
+        let again = apply(&mut history, entry("e1", "S:1", &["tv", "mobile"], (1, 1), None));
+        assert_eq!(written(&again), [("tv".into(), Written::Ours(10)), ("mobile".into(), Written::Ours(10))]);
+        // Another copy of the event, published again: a duplicate.
+        let copy = apply(&mut history, entry("e1", "S:9", &["tv"], (1, 5), None));
+        assert_eq!(written(&copy), [("tv".into(), Written::OtherCopy)]);
+        // Another event: appended.
+        let other = apply(&mut history, entry("e2", "S:2", &["tv"], (2, 2), None));
+        assert_eq!(written(&other), [("tv".into(), Written::New(0))]);
+        assert_eq!(history.entries.len(), 2);
+    }
+
+    #[test]
+    fn collapse_takes_only_the_device_types_the_newer_state_targets() {
+        let mut history = MemberHistory::default();
+        apply(&mut history, entry("a", "S:1", &["tv", "mobile"], (1, 1), Some("plan")));
+        history.settle(10, 100);
+        // A newer state for the tv only: the older one stays for the mobile.
+        let newer_state = apply(&mut history, entry("b", "S:2", &["tv"], (2, 2), Some("plan")));
+        assert_eq!(written(&newer_state), [("tv".into(), Written::New(0))]);
+        history.settle(11, 110);
+        let targets: Vec<(String, Vec<String>)> = history
+            .entries
+            .iter()
+            .map(|stored| (stored.id.to_string(), stored.targets.iter().map(ToString::to_string).collect()))
+            .collect();
+        assert_eq!(targets, [("a".into(), vec!["mobile".into()]), ("b".into(), vec!["tv".into()])]);
+        // An older state than what the tv holds is superseded there, new for the mobile.
+        let late = apply(&mut history, entry("c", "S:3", &["tv", "mobile"], (1, 3), Some("plan")));
+        assert_eq!(written(&late), [("tv".into(), Written::Superseded), ("mobile".into(), Written::New(0))]);
+        // The entry left with no device type is gone.
+        assert_eq!(
+            history.entries.iter().map(|stored| stored.id.to_string()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
     }
 
     #[test]

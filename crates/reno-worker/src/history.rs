@@ -1,7 +1,7 @@
-//! Writing the notification history: the KV bucket's stream, written with plain JetStream publishes
-//! so that each entry carries where it came from (`Reno-Source`) and a conditional write is one
-//! round trip (`Nats-Expected-Last-Subject-Sequence`), and read back with direct gets that keep the
-//! headers.
+//! Reading and writing members' histories: one document per member in the history bucket's stream
+//! (see `reno_model::history`), read with a direct get of the member's subject and written back
+//! with a plain JetStream publish that is conditional on the revision read
+//! (`Nats-Expected-Last-Subject-Sequence`), one round trip each.
 
 use async_nats::{
     HeaderMap,
@@ -12,10 +12,7 @@ use async_nats::{
     },
 };
 use bytes::Bytes;
-use reno_model::subject;
-
-/// The header that names the priority stream message an entry was written from.
-pub(crate) const SOURCE_HEADER: &str = "Reno-Source";
+use reno_model::{MemberId, subject};
 
 /// Why a history write or read did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -31,16 +28,16 @@ pub(crate) enum HistoryError {
     Unavailable(String),
 }
 
-/// An entry as stored.
+/// A member's document as stored.
 pub(crate) struct Stored {
     /// Its position: the sequence in the history stream.
     pub revision: u64,
-    /// The encoded notification (empty for a delete marker).
+    /// When the server stored it, milliseconds since the Unix epoch.
+    pub stored_ms: u64,
+    /// The encoded document (empty for a delete marker).
     pub value: Bytes,
     /// Whether it is a live value rather than a delete or purge marker.
     pub live: bool,
-    /// `Reno-Source` of the write, if it had one.
-    pub source: Option<String>,
 }
 
 /// The history bucket, for one priority's tasks. Cheap to clone.
@@ -49,36 +46,33 @@ pub(crate) struct History {
     jetstream: jetstream::Context,
     /// The bucket's stream, for direct gets.
     stream: Stream,
+    /// How long the bucket keeps entries; `None` for as long as it lives.
+    pub retention: Option<std::time::Duration>,
+    /// How many notifications a member's history holds.
+    pub max_entries: usize,
 }
 
 impl History {
     pub(crate) fn new(jetstream: jetstream::Context, stream: Stream) -> Self {
-        History { jetstream, stream }
+        let config = &stream.cached_info().config;
+        let retention = (!config.max_age.is_zero()).then_some(config.max_age);
+        let max_entries = reno_nats::topology::history_max_entries_of(config);
+        History { jetstream, stream, retention, max_entries }
     }
 
-    /// Writes `value` under `key` if the key holds nothing yet; returns its position.
-    pub(crate) async fn create(&self, key: &str, value: Bytes, source: &str) -> Result<u64, HistoryError> {
-        self.write(key, value, 0, source).await
-    }
-
-    /// Replaces the entry at `revision` under `key`; fails with a conflict if it moved on.
-    pub(crate) async fn update(
+    /// Writes `member`'s document in place of the one at `expected` (0: none yet); returns the new
+    /// revision, or a conflict if the document moved on meanwhile.
+    pub(crate) async fn write(
         &self,
-        key: &str,
+        member: &MemberId,
         value: Bytes,
-        revision: u64,
-        source: &str,
+        expected: u64,
     ) -> Result<u64, HistoryError> {
-        self.write(key, value, revision, source).await
-    }
-
-    async fn write(&self, key: &str, value: Bytes, expected: u64, source: &str) -> Result<u64, HistoryError> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());
-        headers.insert(SOURCE_HEADER, source);
         let ack = self
             .jetstream
-            .publish_with_headers(subject::history_subject(key), headers, value)
+            .publish_with_headers(subject::history_subject(member), headers, value)
             .await
             .map_err(|error| HistoryError::Unavailable(error.to_string()))?
             .await
@@ -90,18 +84,15 @@ impl History {
         Ok(ack.sequence)
     }
 
-    /// The entry under `key`, if there is one.
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<Stored>, HistoryError> {
-        match self.stream.direct_get_last_for_subject(subject::history_subject(key)).await {
-            Ok(message) => {
-                let header = |name: &str| message.headers.get(name).map(|value| value.to_string());
-                Ok(Some(Stored {
-                    revision: message.sequence,
-                    live: header("KV-Operation").is_none(),
-                    source: header(SOURCE_HEADER),
-                    value: message.payload,
-                }))
-            }
+    /// `member`'s document, if there is one.
+    pub(crate) async fn get(&self, member: &MemberId) -> Result<Option<Stored>, HistoryError> {
+        match self.stream.direct_get_last_for_subject(subject::history_subject(member)).await {
+            Ok(message) => Ok(Some(Stored {
+                revision: message.sequence,
+                stored_ms: u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+                live: message.headers.get("KV-Operation").is_none(),
+                value: message.payload,
+            })),
             Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(error) => Err(HistoryError::Unavailable(error.to_string())),
         }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use reno_model::{
-    DeviceType, Envelope, InvalidEvent, Notification, Priority, Registry, Route, subject::history_key,
+    DeviceType, Envelope, InvalidEvent, MemberId, Notification, Priority, Registry,
+    history::{Entry, MemberHistory},
 };
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -187,7 +188,7 @@ impl Pipeline {
             Staleness::Fresh => {}
             Staleness::Stale => return Ok(Outcome::Stale),
             Staleness::StaleUnlessStarted => {
-                if !self.started(&envelope, &route, source).await? {
+                if !self.started(&envelope.member, source).await? {
                     debug!(?age, "stale redelivery that was never started");
                     return Ok(Outcome::Stale);
                 }
@@ -199,33 +200,38 @@ impl Pipeline {
         }
 
         let published_at_ms = u64::try_from(published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        let mut results = Vec::with_capacity(route.targets.len());
-        for device_type in &route.targets {
-            let mut notification = Notification::from_event(&envelope, device_type, published_at_ms);
-            notification.collapse_key = route.collapse_key.clone();
-            let key =
-                history_key(&envelope.member, device_type, &envelope.event_type, &route.notification_key);
-            let written = if route.spec.collapse {
-                self.write_collapsing(&key, &notification, source).await?
-            } else {
-                self.write_once(&key, &notification, source).await?
+        let incoming = Entry {
+            seq: 0,
+            written_ms: 0,
+            targets: route.targets.clone(),
+            source: source.to_owned(),
+            id: envelope.id.clone(),
+            event_type: envelope.event_type.clone(),
+            occurred_at_ms: envelope.occurred_at_ms,
+            published_at_ms,
+            payload: envelope.payload,
+            collapse_key: route.collapse_key.clone(),
+        };
+        let results = self.write(&envelope.member, &incoming).await?;
+        // A new entry is pushed; so is this message's own entry from an earlier attempt, whose push
+        // may never have gone out (devices drop a repeat by seq). Only where a device of the type
+        // is online: the others find it in the history when they come back.
+        for (device_type, written) in &results {
+            let (Written::New(seq) | Written::Ours(seq)) = *written else {
+                continue;
             };
-            // A new entry is pushed; so is this message's own entry from an earlier attempt, whose
-            // push may never have gone out (devices drop a repeat by seq). Only where a device of
-            // the type is online: the others find it in the history when they come back.
-            if let Written::New(seq) | Written::Ours(seq) = written {
-                if self.presence.is_online(&envelope.member, device_type) {
-                    notification.seq = seq;
-                    self.push(device_type, &notification).await?;
-                    outcome::count_push(self.priority, device_type, "sent");
-                    outcome::observe_push(self.priority, (self.clock.now() - published).as_seconds_f64());
-                } else {
-                    outcome::count_push(self.priority, device_type, "skipped_offline");
-                }
+            if self.presence.is_online(&envelope.member, device_type) {
+                let mut notification = incoming.notification(&envelope.member, device_type);
+                notification.seq = seq;
+                self.push(device_type, &notification).await?;
+                outcome::count_push(self.priority, device_type, "sent");
+                outcome::observe_push(self.priority, (self.clock.now() - published).as_seconds_f64());
+            } else {
+                outcome::count_push(self.priority, device_type, "skipped_offline");
             }
-            results.push(written);
         }
-        let outcome = gates::fold(&results);
+        let written: Vec<Written> = results.iter().map(|(_, written)| *written).collect();
+        let outcome = gates::fold(&written);
         if outcome == Outcome::Delivered {
             self.delivered_ids.insert(dedup_key, ());
         }
@@ -233,91 +239,67 @@ impl Pipeline {
     }
 
     /// Whether an earlier delivery of this very message wrote any of its history entries.
-    async fn started(&self, envelope: &Envelope, route: &Route<'_>, source: &str) -> Result<bool, Failure> {
-        for device_type in &route.targets {
-            let key =
-                history_key(&envelope.member, device_type, &envelope.event_type, &route.notification_key);
-            if let Some(stored) = self.history.get(&key).await?
-                && stored.live
-                && stored.source.as_deref() == Some(source)
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    async fn started(&self, member: &MemberId, source: &str) -> Result<bool, Failure> {
+        let Some((_, history)) = self.read(member).await? else {
+            return Ok(false);
+        };
+        Ok(history.entries.iter().any(|entry| entry.source == source))
     }
 
-    /// A notification that never collapses: its key holds the event id, so a conditional create
-    /// both writes it and tells a repeat of the same event apart, across any number of workers.
-    async fn write_once(
-        &self,
-        key: &str,
-        notification: &Notification,
-        source: &str,
-    ) -> Result<Written, Failure> {
-        let value = Bytes::from(notification.encode());
-        match self.history.create(key, value.clone(), source).await {
-            Ok(revision) => Ok(Written::New(revision)),
-            Err(HistoryError::Conflict) => match self.history.get(key).await? {
-                Some(stored) if stored.live => {
-                    Ok(gates::existing(stored.source.as_deref(), source, stored.revision))
-                }
-                // A delete marker left by an operator: the key is free again.
-                Some(marker) => {
-                    Ok(Written::New(self.history.update(key, value, marker.revision, source).await?))
-                }
-                None => {
-                    Err(Failure::transient("contention", format!("history key {key} exists and vanished")))
-                }
-            },
-            Err(error) => Err(error.into()),
+    /// The member's history and the revision it was read at (the revision of a delete marker
+    /// left by an operator, with an empty history, counts too: the next write replaces it).
+    async fn read(&self, member: &MemberId) -> Result<Option<(u64, MemberHistory)>, Failure> {
+        let Some(stored) = self.history.get(member).await? else {
+            return Ok(None);
+        };
+        if !stored.live {
+            return Ok(Some((stored.revision, MemberHistory::default())));
         }
+        // A document this worker cannot read (written by a newer reno during a rolling upgrade) is
+        // never overwritten: the event is retried, so that a worker that can read it takes it.
+        let mut history = MemberHistory::decode(&stored.value).map_err(|error| {
+            Failure::transient(
+                "unreadable_entry",
+                format!("the history of {member} cannot be read (written by a newer reno?): {error}; not overwritten"),
+            )
+        })?;
+        history.settle(stored.revision, stored.stored_ms);
+        Ok(Some((stored.revision, history)))
     }
 
-    /// A collapsing notification replaces the one under its key unless that one is newer (see
-    /// [`gates::newer`]), with a compare-and-set so that concurrent workers cannot interleave. An
-    /// entry it cannot read (written by a newer reno during a rolling upgrade) is never
-    /// overwritten: the event is retried, so that a worker that can read it takes it.
-    async fn write_collapsing(
+    /// Adds the event to its member's history with a compare-and-set on the document, again while
+    /// other writers (other priorities of the member) move it on meanwhile. Returns what it found
+    /// per target device type, the new entries at the revision written.
+    async fn write(
         &self,
-        key: &str,
-        notification: &Notification,
-        source: &str,
-    ) -> Result<Written, Failure> {
-        let value = Bytes::from(notification.encode());
+        member: &MemberId,
+        incoming: &Entry,
+    ) -> Result<Vec<(DeviceType, Written)>, Failure> {
         for _attempt in 0..8 {
-            let result = match self.history.get(key).await? {
-                None => self.history.create(key, value.clone(), source).await,
-                Some(marker) if !marker.live => {
-                    self.history.update(key, value.clone(), marker.revision, source).await
-                }
-                Some(stored) => {
-                    let Ok(current) = Notification::decode(&stored.value) else {
-                        return Err(Failure::transient(
-                            "unreadable_entry",
-                            format!(
-                                "history entry {key} cannot be read (written by a newer reno?); not overwritten"
-                            ),
-                        ));
-                    };
-                    if current.id == notification.id {
-                        return Ok(gates::existing(stored.source.as_deref(), source, stored.revision));
+            let (expected, mut history) = self.read(member).await?.unwrap_or_default();
+            let mut results = gates::apply(&mut history, incoming.clone());
+            if !results.iter().any(|(_, written)| *written == Written::New(0)) {
+                return Ok(results);
+            }
+            let now_ms = u64::try_from(self.clock.now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            let retention_ms = self.history.retention.map(|retention| retention.as_millis() as u64);
+            history.prune(now_ms, retention_ms, self.history.max_entries);
+            match self.history.write(member, Bytes::from(history.encode()), expected).await {
+                Ok(revision) => {
+                    for (_, written) in &mut results {
+                        if *written == Written::New(0) {
+                            *written = Written::New(revision);
+                        }
                     }
-                    if gates::newer(&current, notification) {
-                        return Ok(Written::Superseded);
-                    }
-                    self.history.update(key, value.clone(), stored.revision, source).await
+                    return Ok(results);
                 }
-            };
-            match result {
-                Ok(revision) => return Ok(Written::New(revision)),
                 Err(HistoryError::Conflict) => continue,
                 Err(error) => return Err(error.into()),
             }
         }
         Err(Failure::transient(
             "contention",
-            format!("history key {key} kept changing under concurrent writers"),
+            format!("the history of {member} kept changing under concurrent writers"),
         ))
     }
 

@@ -204,6 +204,10 @@ pub struct ProvisionArgs {
     /// [config: streams.event_max_bytes].
     #[arg(long)]
     pub event_max_bytes: Option<i64>,
+    /// Notifications a member's history holds; the oldest make room, and a device further behind
+    /// is told to resync [config: streams.history_max_entries].
+    #[arg(long)]
+    pub history_max_entries: Option<u32>,
     /// Bytes the history may hold; when full, it refuses new entries and events wait in their
     /// priority streams until entries expire or the limit is raised [config: streams.history_max_bytes].
     #[arg(long)]
@@ -233,6 +237,7 @@ impl ProvisionArgs {
         set(&mut streams.ack_wait_secs, self.ack_wait_secs);
         set(&mut streams.partitions, self.partitions);
         set(&mut streams.event_max_bytes, self.event_max_bytes);
+        set(&mut streams.history_max_entries, self.history_max_entries);
         set(&mut streams.history_max_bytes, self.history_max_bytes);
         set(&mut streams.dead_letter_max_bytes, self.dead_letter_max_bytes);
         set(&mut streams.presence_ttl_secs, self.presence_ttl_secs);

@@ -104,6 +104,9 @@ pub struct StreamsSection {
     pub event_max_bytes: i64,
     /// Seconds notifications stay in the history for devices to pull (0: as long as it lives).
     pub history_retention_secs: u64,
+    /// Notifications a member's history holds; the oldest make room, and a device further behind
+    /// is told to resync.
+    pub history_max_entries: u32,
     /// Bytes the history may hold; when full, it refuses new entries and events wait.
     pub history_max_bytes: i64,
     /// Seconds dead letters are kept.
@@ -270,6 +273,7 @@ impl Default for StreamsSection {
             event_retention_secs: topology.event_retention.as_secs(),
             event_max_bytes: topology.event_max_bytes,
             history_retention_secs: topology.history_retention.as_secs(),
+            history_max_entries: topology.history_max_entries,
             history_max_bytes: topology.history_max_bytes,
             dead_letter_retention_secs: topology.dead_letter_retention.as_secs(),
             dead_letter_max_bytes: topology.dead_letter_max_bytes,
@@ -399,6 +403,12 @@ impl Config {
                 ),
             );
         }
+        if !(1..=100_000).contains(&self.streams.history_max_entries) {
+            return invalid(
+                "streams.history_max_entries",
+                &format!("{} is out of range; use 1 to 100000", self.streams.history_max_entries),
+            );
+        }
         if self.auth.max_connection_secs == 0 {
             return invalid("auth.max_connection_secs", "must be at least 1 second");
         }
@@ -444,6 +454,7 @@ impl Config {
             event_retention: Duration::from_secs(streams.event_retention_secs),
             event_max_bytes: streams.event_max_bytes,
             history_retention: Duration::from_secs(streams.history_retention_secs),
+            history_max_entries: streams.history_max_entries,
             history_max_bytes: streams.history_max_bytes,
             dead_letter_retention: Duration::from_secs(streams.dead_letter_retention_secs),
             dead_letter_max_bytes: streams.dead_letter_max_bytes,
