@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Turns the JSON summaries that loadtest/run-benchmarks collected into the results tables of
+docs/benchmarks.md (medians where a benchmark ran more than once), rewriting only what stands
+between each table's markers: <!-- BEGIN name --> ... <!-- END name -->. Standard library only.
+
+Usage: loadtest/report.py RESULTS_DIR DOC
+"""
+
+import glob
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+
+
+def runs(results, name):
+    """Every summary of benchmark `name` (files NAME-1.json, NAME-2.json, ...)."""
+    found = []
+    exact = re.compile(rf"^{re.escape(name)}-\d+\.json$")
+    paths = [path for path in glob.glob(os.path.join(results, f"{name}-*.json")) if exact.match(os.path.basename(path))]
+    for path in sorted(paths):
+        with open(path) as file:
+            lines = [line for line in file.read().splitlines() if line.strip().startswith("{")]
+        if lines:
+            found.append(json.loads(lines[-1]))
+    return found
+
+
+def median(values):
+    values = [value for value in values if value is not None]
+    return statistics.median(values) if values else None
+
+
+def dig(summary, path):
+    for key in path.split("."):
+        summary = summary.get(key) if isinstance(summary, dict) else None
+    return summary
+
+
+def med(summaries, path):
+    return median([dig(summary, path) for summary in summaries])
+
+
+def fmt(value, digits=0):
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine(results):
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory = "unknown"
+    try:
+        with open("/proc/meminfo") as file:
+            kib = int(file.readline().split()[1])
+            memory = f"{kib / 1048576:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    notes = {}
+    notes_path = os.path.join(results, "machine.json")
+    if os.path.exists(notes_path):
+        with open(notes_path) as file:
+            notes = json.load(file)
+    # The 1-minute load average at the start and end of every run, from the summaries.
+    loads = []
+    for path in glob.glob(os.path.join(results, "*-[0-9]*.json")):
+        with open(path) as file:
+            lines = [line for line in file.read().splitlines() if line.strip().startswith("{")]
+        for line in lines[-1:]:
+            try:
+                summary = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # goose's own reports span many lines
+            for entry in summary.get("loadavg", []):
+                try:
+                    loads.append(float(entry.split()[0]))
+                except (ValueError, IndexError):
+                    pass
+    spread = (f"{min(loads):.1f} to {max(loads):.1f}, median {statistics.median(loads):.1f}"
+              if loads else "unknown")
+    rows = [
+        ["CPU", f"{os.cpu_count()} × {cpu}"],
+        ["memory", memory],
+        ["kernel", platform.release()],
+        ["nats-server", notes.get("nats_server", "unknown")],
+        ["1-minute load average at the start and end of each run (2 cores)", spread],
+        ["last run of run-benchmarks", notes.get("date", "unknown")],
+    ]
+    return table(["what", "value"], rows)
+
+
+def throughput(results):
+    rows = []
+    for name, label, target in [("throughput-1type", "one target device type", 0.40),
+                                ("throughput-4types", "four device types", 0.20)]:
+        found = runs(results, name)
+        if not found:
+            continue
+        ratio = med(found, "ratio")
+        rows.append([label, len(found), fmt(med(found, "events_per_sec")),
+                     fmt(med(found, "notifications_per_sec")), fmt(med(found, "raw_msgs_per_sec")),
+                     fmt(ratio, 3), f"≥ {target:.2f}", "met" if ratio and ratio >= target else "**not met**",
+                     fmt(med(found, "cpu_us_per_event.workers")), fmt(med(found, "cpu_us_per_event.hub")),
+                     sum(1 for summary in found if summary.get("ok"))])
+    return table(["run", "runs", "events/s", "notifications/s", "raw JetStream msgs/s (same run)",
+                  "ratio", "target", "", "worker CPU µs/event", "hub CPU µs/event", "runs complete"], rows)
+
+
+LATENCY_RUNS = [("latency-1000", "1,000/s"), ("latency-quarter", "¼ of max"), ("latency-half", "½ of max"),
+                ("latency-three-quarters", "¾ of max")]
+
+
+def latency(results):
+    rows = []
+    for name, label in LATENCY_RUNS:
+        found = runs(results, name)
+        if not found:
+            continue
+        row = [label, len(found), fmt(med(found, "publish_per_sec")), fmt(med(found, "events_per_sec"))]
+        row += [fmt(med(found, f"latency.{key}"), 2) for key in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]]
+        row.append(sum(1 for summary in found if summary.get("ok")))
+        if name == "latency-half":
+            p50, p99 = med(found, "latency.p50_ms"), med(found, "latency.p99_ms")
+            row.append("met" if p50 is not None and p50 <= 2 and p99 <= 10 else "**not met** (p50 ≤ 2, p99 ≤ 10 ms)")
+        else:
+            row.append("")
+        rows.append(row)
+    return table(["offered load", "runs", "published/s", "delivered events/s", "p50 ms", "p90 ms", "p99 ms",
+                  "p99.9 ms", "max ms", "runs complete", "target"], rows)
+
+
+def storm(results):
+    rows = []
+    for name, label in [("storm-3000", "one each"), ("storm", "one each"),
+                        ("storm-retry", "up to 5, backoff with jitter")]:
+        found = runs(results, name)
+        if not found:
+            continue
+        rows.append([fmt(med(found, "devices")), label, len(found), fmt(med(found, "connected")),
+                     fmt(med(found, "failed_first_attempt")), fmt(med(found, "failed")),
+                     fmt(med(found, "connects_per_sec")), fmt(med(found, "storm_secs"), 2),
+                     fmt(med(found, "connect.p50_ms"), 1), fmt(med(found, "connect.p99_ms"), 1),
+                     fmt(med(found, "time_to_connected.p99_ms"), 1), fmt(med(found, "edge_kib_per_device"), 1)])
+    if not rows:
+        return "(not run)"
+    return table(["devices at once", "attempts", "runs", "connected", "refused or timed out at first",
+                  "never connected", "connects/s", "storm s", "connect p50 ms", "connect p99 ms",
+                  "start → connected p99 ms", "edge KiB per connected device"], rows)
+
+
+def compare(results):
+    found = runs(results, "compare")
+    if not found:
+        return "(not run)"
+    rows = []
+    for label, key in [("device on the edge (wss, reno-device)", "latency"),
+                       ("subscriber on the hub (nats, reno's account)", "hub_latency")]:
+        rows.append([label, len(found)] + [fmt(med(found, f"{key}.{field}"), 2)
+                                           for field in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]])
+    return table(["receiver", "runs", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"], rows)
+
+
+def targets(results):
+    rows = []
+    order = runs(results, "order")
+    if order:
+        inversions = med(order, "delivery.inversions")
+        rows.append(["per-member order, 3 workers, bursts of 1,000 events per member", "0 inversions",
+                     f"{fmt(inversions)} inversions in {fmt(med(order, 'delivery.delivered'))} notifications "
+                     f"({fmt(med(order, 'events_per_sec'))} events/s)",
+                     "met" if inversions == 0 else "**not met**"])
+    kill = runs(results, "kill")
+    if kill:
+        recovery = med(kill, "kill.recovery_secs")
+        rows.append(["a SIGKILLed worker's in-flight events delivered by the others", "≤ 5 s",
+                     f"every event published before the kill delivered {fmt(recovery, 1)} s after it; "
+                     f"{fmt(med(kill, 'kill.later_than_5s'))} later than 5 s; published around the kill: worst "
+                     f"{fmt(med(kill, 'kill.worst_latency_near_kill_ms'))} ms, "
+                     f"{fmt(med(kill, 'kill.slower_than_1s_near_kill'))} slower than 1 s; "
+                     f"missing {fmt(med(kill, 'delivery.missing'))}",
+                     "met" if recovery is not None and recovery <= 5 else "**not met**"])
+    hostile = runs(results, "hostile")
+    if hostile:
+        peak = median([max(summary.get("worker_peak_rss_mib") or [0]) for summary in hostile])
+        rows.append(["worker memory under hostile valid-size input (64 KiB, full concurrency)", "≤ 256 MB",
+                     f"peak RSS {fmt(peak, 0)} MiB over {fmt(med(hostile, 'events'))} envelopes "
+                     f"({fmt(med(hostile, 'events_per_sec'))}/s)",
+                     "met" if peak is not None and peak * 1.048576 <= 256 else "**not met**"])
+    small, large = runs(results, "members-1k"), runs(results, "members-1m")
+    if small and large:
+        small_rate, large_rate = med(small, "events_per_sec"), med(large, "events_per_sec")
+        change = (large_rate - small_rate) / small_rate if small_rate else None
+        small_ratio, large_ratio = med(small, "ratio"), med(large, "ratio")
+        rows.append(["throughput, 1k vs 1M member ids", "within 10%",
+                     f"{fmt(small_rate)} vs {fmt(large_rate)} events/s ({change:+.0%}); of raw in the same run "
+                     f"{fmt(small_ratio, 3)} vs {fmt(large_ratio, 3)}" if change is not None else "–",
+                     "met" if change is not None and abs(change) <= 0.10 else "**not met**"])
+    return table(["target", "wanted", "measured", ""], rows)
+
+
+def goose(results):
+    rows = []
+    for scenario, label in [("events", "POST /v1/events (service token, JSON)"),
+                            ("pull", "GET /v1/pull (device token)")]:
+        reports = []
+        for path in sorted(glob.glob(os.path.join(results, f"goose-{scenario}-[0-9]*.json"))):
+            with open(path) as file:
+                reports.append(json.load(file))
+        if not reports:
+            continue
+        name = "/v1/events" if scenario == "events" else "/v1/pull"
+
+        def metric(report, table_name, key):
+            for row in report.get(table_name, []):
+                if row.get("name") == name:
+                    return row.get(key)
+            return None
+
+        row = [label, len(reports)]
+        row.append(fmt(median([metric(report, "raw_request_metrics", "requests_per_second") for report in reports])))
+        row.append(fmt(median([metric(report, "raw_request_metrics", "response_time_average") for report in reports]), 1))
+        for key in ["percentile_50", "percentile_90", "percentile_99", "percentile_100"]:
+            row.append(fmt(median([metric(report, "raw_response_metrics", key) for report in reports])))
+        row.append(fmt(median([metric(report, "raw_request_metrics", "number_of_failures") for report in reports])))
+        rows.append(row)
+    return table(["scenario", "runs", "requests/s", "mean ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "failures"],
+                 rows)
+
+
+def main():
+    results, doc = sys.argv[1], sys.argv[2]
+    with open(doc) as file:
+        text = file.read()
+    sections = {
+        "machine": machine(results),
+        "throughput": throughput(results),
+        "latency": latency(results),
+        "storm": storm(results),
+        "compare": compare(results),
+        "targets": targets(results),
+        "goose": goose(results),
+    }
+    for name, content in sections.items():
+        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
+        text = pattern.sub(lambda match: match.group(1) + content + "\n" + match.group(2), text)
+    with open(doc, "w") as file:
+        file.write(text)
+
+
+if __name__ == "__main__":
+    main()
