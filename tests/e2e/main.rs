@@ -28,3 +28,4 @@ mod registry;
 mod resilience;
 mod soak;
 mod storage;
+mod trace;

@@ -9,6 +9,7 @@
 //! | `reno.pull.<member>.<device_type>`   | pull requests from devices (request/reply)       |
 //! | `reno.dead.<priority>.<reason>`      | dead letters (JetStream, `RENO_DEAD`)            |
 //! | `reno.presence.<member>.<device_type>.<device_id>` | a device announcing it is online |
+//! | `reno.trace.<member>`                | trace records of a member someone is tracing (core) |
 
 use crate::{
     envelope::InvalidEvent,
@@ -36,6 +37,15 @@ pub fn presence_key(member: &MemberId, device_type: &DeviceType, device_id: &Dev
 /// Reads member, device type and device id back out of a presence key.
 pub fn parse_presence_key(key: &str) -> Option<(MemberId, DeviceType, DeviceId)> {
     parse_presence_subject(&format!("reno.presence.{key}"))
+}
+
+/// The KV bucket of members being traced: key `<member>.<session>`, one per `reno trace` running,
+/// gone when the session stops renewing it.
+pub const TRACE_BUCKET: &str = "RENO_TRACE";
+
+/// `reno.trace.<member>`: where reno's processes publish trace records of a traced member.
+pub fn trace_subject(member: &MemberId) -> String {
+    format!("reno.trace.{member}")
 }
 
 /// The KV bucket that holds the current registry, watched by every worker.

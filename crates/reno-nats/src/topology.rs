@@ -2,7 +2,7 @@
 //! capturing exactly `reno.evt.<type>.*` of that priority's types (so an unknown type has no stream
 //! and its publisher gets an error at once) and storing each event under its member's partition,
 //! one durable consumer per partition taking one event at a time (per-member order), the
-//! dead-letter stream and the history and presence buckets. Run again after a registry change, it
+//! dead-letter stream and the history, presence and trace buckets. Run again after a registry change, it
 //! moves types between priorities without losing events: what a stream already holds stays there
 //! and is still worked off. Run with fewer partitions, it moves the events of the dropped ones to
 //! their new partitions; events stored before partitions existed are taken by a consumer of their
@@ -95,6 +95,8 @@ pub enum ProvisionError {
     History { source: async_nats::Error },
     #[error("cannot provision the presence bucket {PRESENCE}: {source}", PRESENCE = subject::PRESENCE_BUCKET)]
     Presence { source: async_nats::Error },
+    #[error("cannot provision the trace bucket {TRACE}: {source}", TRACE = subject::TRACE_BUCKET)]
+    Trace { source: async_nats::Error },
     #[error("cannot provision consumer {consumer} on {stream}: {source}")]
     Consumer { stream: String, consumer: String, source: async_nats::Error },
     #[error("the partitions of a priority stream must be 1 to {max}, not {partitions}", max = subject::MAX_PARTITIONS)]
@@ -327,6 +329,23 @@ pub async fn provision(
         .create_or_update_key_value(presence)
         .await
         .map_err(|source| ProvisionError::Presence { source: source.into() })?;
+
+    let trace = kv::Config {
+        bucket: subject::TRACE_BUCKET.to_owned(),
+        description: "reno trace sessions: one key per running `reno trace`, forgotten when not renewed"
+            .into(),
+        history: 1,
+        max_age: crate::trace::SESSION_TTL,
+        limit_markers: Some(crate::trace::SESSION_TTL),
+        storage: StorageType::Memory,
+        num_replicas: topology.replicas,
+        max_bytes: 1 << 20,
+        ..Default::default()
+    };
+    jetstream
+        .create_or_update_key_value(trace)
+        .await
+        .map_err(|source| ProvisionError::Trace { source: source.into() })?;
     Ok(report)
 }
 

@@ -50,6 +50,7 @@ pub async fn run(
         .await
         .map_err(PullServiceError::Start)?;
     let reader = HistoryReader::start(client.clone()).await;
+    let tracer = reno_nats::Tracer::follow(client.clone(), "pull");
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
     info!(subjects = subject::PULL_SUBJECTS, "pull service started");
 
@@ -72,11 +73,12 @@ pub async fn run(
             },
         };
         let reader = reader.clone();
+        let tracer = tracer.clone();
         let span = info_span!("pull", subject = %request.message.subject);
         tokio::spawn(
             async move {
                 let started = std::time::Instant::now();
-                let response = answer(&reader, &request).await;
+                let response = answer(&reader, &tracer, &request).await;
                 if let Err(error) = request.respond(response).await {
                     warn!(%error, "cannot send pull response");
                 }
@@ -97,7 +99,11 @@ pub async fn run(
     Ok(())
 }
 
-async fn answer(reader: &HistoryReader, request: &service::Request) -> Result<Bytes, service::error::Error> {
+async fn answer(
+    reader: &HistoryReader,
+    tracer: &reno_nats::Tracer,
+    request: &service::Request,
+) -> Result<Bytes, service::error::Error> {
     let bad_request = |status: String| {
         metrics::counter!(REQUESTS_METRIC, "result" => "bad_request").increment(1);
         service::error::Error { status, code: 400 }
@@ -114,7 +120,21 @@ async fn answer(reader: &HistoryReader, request: &service::Request) -> Result<By
             bad_request(format!("pull request: {error}; expected CBOR {{cursor, limit?}}"))
         })?
     };
-    match reader.page(&member, &device_type, pull).await {
+    let page = reader.page(&member, &device_type, pull).await;
+    if tracer.is_traced(&member) {
+        let record = match &page {
+            Ok(page) => serde_json::json!({
+                "stage": "pull", "device_type": device_type.as_str(), "cursor": pull.cursor, "epoch": pull.epoch,
+                "returned": page.notifications.iter().map(|notification| notification.seq).collect::<Vec<_>>(),
+                "more": page.more, "resync": page.resync, "next_cursor": page.next_cursor,
+            }),
+            Err(error) => serde_json::json!({
+                "stage": "pull", "device_type": device_type.as_str(), "cursor": pull.cursor, "error": error.to_string(),
+            }),
+        };
+        tracer.emit(&member, record).await;
+    }
+    match page {
         Ok(page) => {
             debug!(cursor = pull.cursor, count = page.notifications.len(), resync = page.resync, "page");
             metrics::counter!(REQUESTS_METRIC, "result" => "ok").increment(1);

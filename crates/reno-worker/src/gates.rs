@@ -58,6 +58,26 @@ pub(crate) enum Written {
     Superseded,
 }
 
+impl Written {
+    /// What the history held, for trace records.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Written::New(_) => "new",
+            Written::Ours(_) => "written_before_by_this_message",
+            Written::OtherCopy => "duplicate",
+            Written::Superseded => "superseded",
+        }
+    }
+
+    /// The position of the notification, where there is one.
+    pub(crate) fn seq(self) -> Option<u64> {
+        match self {
+            Written::New(seq) | Written::Ours(seq) => Some(seq),
+            Written::OtherCopy | Written::Superseded => None,
+        }
+    }
+}
+
 /// Whose an existing entry of this event is: this message's own (same source) or another copy's.
 pub(crate) fn existing(stored_source: Option<&str>, source: &str, revision: u64) -> Written {
     if stored_source == Some(source) { Written::Ours(revision) } else { Written::OtherCopy }

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use reno_model::{
     DeviceType, Envelope, InvalidEvent, MemberId, Notification, Priority, Registry,
     history::{Entry, MemberHistory},
+    subject,
 };
+use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, warn};
@@ -39,6 +41,8 @@ pub(crate) struct Pipeline {
     pub presence: PresenceView,
     /// The clock of the server that stamps this priority's events: ages are measured by it.
     pub clock: reno_nats::ServerClock,
+    /// Trace records for members someone traces (`reno trace`); nothing for the others.
+    pub tracer: reno_nats::Tracer,
     /// Events delivered recently (`type:member:id`): spares the history a round trip for repeats.
     pub delivered_ids: moka::sync::Cache<String, ()>,
     pub max_deliveries: i64,
@@ -126,16 +130,32 @@ impl Pipeline {
     ) {
         let event_type = outcome::type_label(message.subject.as_str());
         outcome::count_received(self.priority, &event_type);
+        // The member as the subject names it, when someone traces it.
+        let traced = subject::parse_event_subject(message.subject.as_str())
+            .ok()
+            .map(|(_, member)| member)
+            .filter(|member| self.tracer.is_traced(member));
+        if let Some(member) = &traced {
+            let record = json!({
+                "stage": "received", "priority": self.priority.as_str(), "type": event_type,
+                "stream": stream, "stream_seq": sequence, "deliveries": deliveries,
+            });
+            self.tracer.emit(member, record).await;
+        }
         let origin =
             Origin { subject: message.subject.as_str(), position: Some((stream, sequence)), deliveries };
         if gates::is_poison(deliveries, self.max_deliveries) {
             let reason = format!("delivered {deliveries} times without an outcome; it may crash workers");
             let outcome = self.dead_letter(message, &origin, "poison", &reason).await;
             outcome::count(self.priority, &event_type, outcome, 0.0);
+            if let Some(member) = &traced {
+                self.tracer.emit(member, json!({"stage": "outcome", "outcome": "dead_lettered", "reason": "poison", "stream_seq": sequence})).await;
+            }
             return;
         }
 
         let source = gates::source(stream, sequence);
+        let mut retry_reason = None;
         let outcome = match self.process(message, &source, published, deliveries).await {
             Ok(outcome) => {
                 ack(message, AckKind::Ack).await;
@@ -152,12 +172,24 @@ impl Pipeline {
                 warn!(reason, %error, "transient failure; will retry");
                 outcome::count_retry(self.priority, reason);
                 ack(message, AckKind::Nak(Some(gates::retry_delay(deliveries)))).await;
+                retry_reason = Some(format!("{reason}: {error}"));
                 Outcome::Retried
             }
         };
         let seconds = (self.clock.now() - published).as_seconds_f64().max(0.0);
         debug!(outcome = outcome.label(), seconds, "handled");
         outcome::count(self.priority, &event_type, outcome, seconds);
+        if let Some(member) = &traced {
+            let reason = match outcome {
+                Outcome::DeadLettered(code) => Some(code.to_owned()),
+                _ => retry_reason,
+            };
+            let record = json!({
+                "stage": "outcome", "outcome": outcome.label(), "reason": reason,
+                "stream_seq": sequence, "seconds_since_published": seconds,
+            });
+            self.tracer.emit(member, record).await;
+        }
     }
 
     async fn process(
@@ -213,6 +245,14 @@ impl Pipeline {
             collapse_key: route.collapse_key.clone(),
         };
         let results = self.write(&envelope.member, &incoming).await?;
+        if self.tracer.is_traced(&envelope.member) {
+            let written: Vec<serde_json::Value> = results
+                .iter()
+                .map(|(device_type, written)| json!({"device_type": device_type.as_str(), "history": written.label(), "seq": written.seq()}))
+                .collect();
+            let record = json!({"stage": "history", "event_id": envelope.id.as_str(), "type": envelope.event_type.as_str(), "results": written});
+            self.tracer.emit(&envelope.member, record).await;
+        }
         // A new entry is pushed; so is this message's own entry from an earlier attempt, whose push
         // may never have gone out (devices drop a repeat by seq). Only where a device of the type
         // is online: the others find it in the history when they come back.
@@ -220,14 +260,19 @@ impl Pipeline {
             let (Written::New(seq) | Written::Ours(seq)) = *written else {
                 continue;
             };
-            if self.presence.is_online(&envelope.member, device_type) {
+            let pushed = if self.presence.is_online(&envelope.member, device_type) {
                 let mut notification = incoming.notification(&envelope.member, device_type);
                 notification.seq = seq;
                 self.push(device_type, &notification).await?;
-                outcome::count_push(self.priority, device_type, "sent");
                 outcome::observe_push(self.priority, (self.clock.now() - published).as_seconds_f64());
+                "sent"
             } else {
-                outcome::count_push(self.priority, device_type, "skipped_offline");
+                "skipped_offline"
+            };
+            outcome::count_push(self.priority, device_type, pushed);
+            if self.tracer.is_traced(&envelope.member) {
+                let record = json!({"stage": "push", "device_type": device_type.as_str(), "seq": seq, "result": pushed});
+                self.tracer.emit(&envelope.member, record).await;
             }
         }
         let written: Vec<Written> = results.iter().map(|(_, written)| *written).collect();

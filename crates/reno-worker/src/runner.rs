@@ -177,6 +177,7 @@ async fn run_priority(
             .map_err(|error| missing(priority, format!("bucket {}", subject::HISTORY_BUCKET), error))?;
         let history = History::new(jetstream.clone(), history_stream);
         let clock = reno_nats::ServerClock::follow(jetstream.clone(), stream_name.clone()).await;
+        let tracer = reno_nats::Tracer::follow(client.clone(), "worker");
         let pipeline = Arc::new(Pipeline {
             priority,
             registry,
@@ -185,6 +186,7 @@ async fn run_priority(
             history,
             presence,
             clock,
+            tracer,
             delivered_ids: moka::sync::Cache::builder()
                 .max_capacity(config.dedup_capacity)
                 .time_to_live(config.dedup_ttl)

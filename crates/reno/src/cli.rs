@@ -38,6 +38,10 @@ pub enum Command {
     PullService(PullServiceArgs),
     /// Print the devices of a member that are online, one JSON line each.
     Presence(PresenceArgs),
+    /// Follow one member's events and notifications live, across every worker and pull service,
+    /// until interrupted: what was received, written to the history, pushed, pulled, and each
+    /// outcome.
+    Trace(TraceArgs),
     /// Run the authorization service: answers the edges' auth callout, turning device tokens into
     /// per-device permissions.
     AuthService,
@@ -131,6 +135,7 @@ impl Cli {
                 }
             }
             Command::Presence(args) => args.connect.apply(&mut config),
+            Command::Trace(args) => args.connect.apply(&mut config),
             Command::Registry(_)
             | Command::Device(_)
             | Command::Config(_)
@@ -343,6 +348,17 @@ pub struct PresenceArgs {
     pub connect: ConnectArgs,
     /// The member.
     pub member: MemberId,
+}
+
+#[derive(Args, Clone)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The member.
+    pub member: MemberId,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Clone)]

@@ -18,7 +18,7 @@ use crate::{
     admin,
     cli::{
         Command, ConfigCommand, DeviceArgs, PresenceArgs, PublishArgs, RegistryCommand, SetTypeArgs,
-        TokenArgs, UpArgs,
+        TokenArgs, TraceArgs, UpArgs,
     },
     config::{AdminAddr, Config, read_secret},
 };
@@ -37,6 +37,7 @@ pub async fn run(command: Command, config: Config) -> Result<()> {
             device_services(client, &config, &stop).await
         }
         Command::Presence(args) => presence(args, &config).await,
+        Command::Trace(args) => trace(args, &config).await,
         Command::AuthService => {
             let stop = Shutdown::on_signal();
             start_admin(config.auth.admin_addr, &config, "reno-auth", vec![], &stop).await?;
@@ -344,6 +345,45 @@ async fn presence(args: PresenceArgs, config: &Config) -> Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+async fn trace(args: TraceArgs, config: &Config) -> Result<()> {
+    let client = connect(&config.endpoint()?, "reno-trace").await?;
+    let stop = Shutdown::on_signal();
+    eprintln!("tracing {} (Ctrl-C to stop)", args.member);
+    let print = |record: serde_json::Value| {
+        if args.json {
+            println!("{record}");
+        } else {
+            println!("{}", trace_line(&record));
+        }
+    };
+    reno_nats::trace::session(client, &args.member, print, stop.wait()).await?;
+    Ok(())
+}
+
+/// A trace record as one line of text: the time, the process and the stage, then its other fields.
+fn trace_line(record: &serde_json::Value) -> String {
+    let at = record["at_ms"]
+        .as_u64()
+        .and_then(|ms| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
+        .map(|time| {
+            format!("{:02}:{:02}:{:02}.{:03}", time.hour(), time.minute(), time.second(), time.millisecond())
+        })
+        .unwrap_or_default();
+    let mut line = format!(
+        "{at} {} {}",
+        record["process"].as_str().unwrap_or("?"),
+        record["stage"].as_str().unwrap_or("?")
+    );
+    if let Some(fields) = record.as_object() {
+        for (key, value) in fields {
+            if !matches!(key.as_str(), "at_ms" | "process" | "stage" | "member") && !value.is_null() {
+                line.push_str(&format!(" {key}={value}"));
+            }
+        }
+    }
+    line
 }
 
 async fn worker(config: &Config) -> Result<()> {
