@@ -349,6 +349,16 @@ impl Config {
         let mut tree = toml::Value::try_from(&*self).expect("a config always serializes");
         let mut applied = Vec::new();
         overlay(&mut tree, "RENO", &env, &mut applied);
+        // Keys the serialized config does not show (optional ones left unset), and misspelled ones:
+        // placed in the section their name starts with, so that an optional key can be set and a
+        // misspelled one is refused by name rather than ignored.
+        let mut rest: Vec<&String> = env.keys().filter(|name| !applied.contains(name)).collect();
+        rest.sort();
+        for name in rest {
+            if place(&mut tree, &name["RENO_".len()..], &env[name], true) {
+                applied.push(name.clone());
+            }
+        }
         if applied.is_empty() {
             return Ok(());
         }
@@ -496,6 +506,28 @@ pub fn read_secret(key: &'static str, path: Option<&std::path::Path>) -> Result<
 }
 
 /// Replaces each leaf of `tree` whose environment variable (`prefix` plus its path) is set.
+/// Puts `value` as a string under the key `name` names, inside the section its name starts with
+/// (`NATS_NKEY_SEED_FILE` is `nkey_seed_file` in `nats`). A name that starts with no section is not
+/// reno's (the nats-server configs read `RENO_HUB_NAME` and others) and is left alone.
+fn place(tree: &mut toml::Value, name: &str, value: &str, at_root: bool) -> bool {
+    let toml::Value::Table(table) = tree else { return false };
+    let section =
+        table.iter().filter(|(_, child)| child.is_table()).map(|(key, _)| key.clone()).find(|key| {
+            name.strip_prefix(&key.to_ascii_uppercase()).is_some_and(|rest| rest.starts_with('_'))
+        });
+    match section {
+        Some(key) => {
+            let rest = &name[key.len() + 1..];
+            place(table.get_mut(&key).expect("found above"), rest, value, false)
+        }
+        None if at_root => false,
+        None => {
+            table.insert(name.to_ascii_lowercase(), toml::Value::String(value.to_owned()));
+            true
+        }
+    }
+}
+
 fn overlay(
     tree: &mut toml::Value,
     prefix: &str,
@@ -569,6 +601,28 @@ mod tests {
         let message = config.apply_env(bad).unwrap_err().to_string();
         assert!(message.contains("RENO_WORKER_MAX_DELIVERIES"), "{message}");
         assert!(message.contains("invalid type: string \"many\", expected i64"), "{message}");
+    }
+
+    #[test]
+    fn the_environment_sets_optional_keys_and_refuses_misspelled_ones() {
+        let mut config = Config::default();
+        let env = [
+            ("RENO_NATS_NKEY_SEED_FILE", "/secrets/reno.nk"),
+            ("RENO_GATEWAY_SERVICE_TOKENS_FILE", "/secrets/service-tokens"),
+            // Not reno's: the nats-server configs read these.
+            ("RENO_HUB_NAME", "hub-1"),
+            ("RENO_PUB_CALLOUT_ISSUER", "A..."),
+        ];
+        config.apply_env(env.iter().map(|(name, value)| (name.to_string(), value.to_string()))).unwrap();
+        assert_eq!(config.nats.nkey_seed_file.as_deref(), Some(std::path::Path::new("/secrets/reno.nk")));
+        assert!(config.gateway.service_tokens_file.is_some());
+        for misspelled in ["RENO_WORKER_LOW_THREDS", "RENO_NATS_NKEY_SEED", "RENO_STREAMS_PARTITION"] {
+            let message = Config::default()
+                .apply_env([(misspelled.to_string(), "3".to_string())])
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(misspelled) && message.contains("unknown field"), "{message}");
+        }
     }
 
     #[test]
