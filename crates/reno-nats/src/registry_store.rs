@@ -50,6 +50,14 @@ pub async fn store(
     bucket.put(subject::REGISTRY_KEY, registry.to_toml().into()).await.map_err(unavailable)
 }
 
+/// Replaces the registry in the existing bucket, leaving the bucket's settings (its replicas above
+/// all) as provisioning made them.
+pub async fn replace(jetstream: &jetstream::Context, registry: &Registry) -> Result<u64, RegistryStoreError> {
+    let bucket =
+        jetstream.get_key_value(subject::REGISTRY_BUCKET).await.map_err(|_| RegistryStoreError::Missing)?;
+    bucket.put(subject::REGISTRY_KEY, registry.to_toml().into()).await.map_err(unavailable)
+}
+
 /// The current registry.
 pub async fn load(jetstream: &jetstream::Context) -> Result<Registry, RegistryStoreError> {
     let bucket =

@@ -173,14 +173,14 @@ fn priority_stream_config(topology: &Topology, priority: Priority, subjects: Vec
 }
 
 /// Makes `registry` the one every process uses, while everything runs: stores it (workers and the
-/// gateway watch it), then moves the streams' subjects to it. The streams must exist.
+/// gateway watch it), then moves the streams' subjects to it. The streams and the registry bucket
+/// must exist; their settings stay as provisioning made them.
 pub async fn apply_registry(
     jetstream: &jetstream::Context,
     registry: &Registry,
-    replicas: usize,
 ) -> Result<ProvisionReport, ProvisionError> {
     // Stored first, so that workers know a new type before any event of it can be stored.
-    registry_store::store(jetstream, registry, replicas).await?;
+    registry_store::replace(jetstream, registry).await?;
     release_moved_subjects(jetstream, registry).await?;
     let mut report = ProvisionReport::default();
     for priority in Priority::ALL {

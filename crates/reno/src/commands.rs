@@ -105,7 +105,7 @@ async fn registry(command: RegistryCommand, config: &Config) -> Result<()> {
         RegistryCommand::Set(args) => set_type(&current?, args)?,
         RegistryCommand::Remove { event_type } => current?.without_type(&event_type)?,
     };
-    let report = reno_nats::apply_registry(&jetstream, &changed, config.streams.replicas).await?;
+    let report = reno_nats::apply_registry(&jetstream, &changed).await?;
     for (stream, subjects) in report.streams {
         info!(stream, subjects = subjects.join(" "), "stream follows the registry");
     }
