@@ -169,3 +169,44 @@ async fn fewer_partitions_move_the_events_of_the_dropped_ones() {
         assert_eq!(stored[0].id, envelope.id);
     }
 }
+
+#[tokio::test]
+async fn a_provision_that_stopped_half_way_is_finished_by_the_next() {
+    let mut stack = Stack::start().await;
+    stack.start_pull_service().await;
+    let waiting: Vec<Envelope> = (0..200)
+        .map(|index| event("my_list_updated", &format!("halfway{index}"), Value::Integer(index.into())))
+        .collect();
+    publish_in_order(&stack, &waiting).await;
+    // As a provision killed after it changed the stream to 4 partitions, before it moved anything.
+    let stream = stack.jetstream.get_stream("RENO_NORMAL").await.unwrap();
+    let mut config = stream.cached_info().config.clone();
+    let (source, destination) = subject::partition_transform(4);
+    config.subject_transform = Some(async_nats::jetstream::stream::SubjectTransform { source, destination });
+    config.metadata.insert("reno_partitions".into(), "4".into());
+    stack.jetstream.update_stream(config).await.unwrap();
+
+    stack.provision(&["--partitions", "4"]);
+    let pending: u64 = stack.partition_infos("RENO_NORMAL").await.iter().map(|info| info.num_pending).sum();
+    assert_eq!(pending, 200, "every event is in a partition that has a consumer");
+    let worker = stack.start_worker(&["--priority", "normal"]);
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 200).await;
+}
+
+#[tokio::test]
+async fn running_workers_take_up_partitions_added_while_they_run() {
+    let mut stack = Stack::start().await;
+    stack.start_pull_service().await;
+    let worker = stack.start_worker(&["--priority", "normal"]);
+    stack.wait_until_pulling("RENO_NORMAL", 1).await;
+    stack.provision(&["--partitions", "64"]);
+    // Many members, so that some fall into the partitions the worker did not start with.
+    let events: Vec<Envelope> = (0..300)
+        .map(|index| event("my_list_updated", &format!("grown{index}"), Value::Integer(index.into())))
+        .collect();
+    publish_in_order(&stack, &events).await;
+    let infos = stack.partition_infos("RENO_NORMAL").await;
+    assert_eq!(infos.len(), 65, "64 partitions and the strays");
+    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 300).await;
+    assert!(stack.process(worker).output().contains("new partition; its lane started"));
+}

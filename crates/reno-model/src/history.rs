@@ -43,6 +43,14 @@ pub struct MemberHistory {
     /// The position of the write that created this document (0: the document's own revision).
     /// A cursor below it comes from an earlier document of the member that expired.
     pub created: u64,
+    /// The position of an operator's delete or purge of the member's history that this document
+    /// replaced (0: none): a cursor below it lost whatever came after it, for certain.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost_before: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// One notification of a member, for the device types in `targets`.

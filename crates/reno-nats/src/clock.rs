@@ -3,12 +3,13 @@
 //! own clock is minutes off would otherwise take fresh events for stale ones, or stale ones for
 //! fresh. The offset is measured from the stream's info, which the stream's leader answers with its
 //! own time (`ts`), placed halfway through the request's round trip: the best of a few probes, again
-//! every half minute. Until the first measurement succeeds, the local clock stands in.
+//! every half minute. Until the first measurement succeeds, the local clock stands in, and users that
+//! must not trust it (the staleness gate) can tell.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -34,6 +35,8 @@ const PROBES: usize = 3;
 pub struct ServerClock {
     /// Local time minus server time, in nanoseconds.
     offset_nanos: Arc<AtomicI64>,
+    /// Whether the offset was measured at least once.
+    measured: Arc<AtomicBool>,
     _measuring: Arc<Measuring>,
 }
 
@@ -59,21 +62,24 @@ impl ServerClock {
     /// of the current runtime.
     pub async fn follow(jetstream: jetstream::Context, stream: String) -> ServerClock {
         let offset_nanos = Arc::new(AtomicI64::new(0));
-        let mut measured = false;
+        let measured = Arc::new(AtomicBool::new(false));
         match measure(&jetstream, &stream).await {
             Ok(offset) => {
                 record(&offset_nanos, &stream, offset);
                 info!(stream, offset_ms = offset.whole_milliseconds(), "server clock measured");
-                measured = true;
+                measured.store(true, Ordering::SeqCst);
             }
-            Err(error) => warn!(stream, %error, "cannot read the server's clock yet; using the local one"),
+            Err(error) => warn!(stream, %error, "cannot read the server's clock yet; trying again"),
         }
         let task = {
-            let offset_nanos = offset_nanos.clone();
+            let (offset_nanos, measured) = (offset_nanos.clone(), measured.clone());
             tokio::spawn(async move {
-                let mut failing = !measured;
+                let mut failing = !measured.load(Ordering::SeqCst);
                 loop {
-                    tokio::time::sleep(INTERVAL).await;
+                    // Soon again until a first measurement, then every half minute.
+                    let wait =
+                        if measured.load(Ordering::SeqCst) { INTERVAL } else { Duration::from_secs(1) };
+                    tokio::time::sleep(wait).await;
                     match measure(&jetstream, &stream).await {
                         Ok(offset) => {
                             record(&offset_nanos, &stream, offset);
@@ -84,6 +90,7 @@ impl ServerClock {
                                     "server clock measured"
                                 );
                             }
+                            measured.store(true, Ordering::SeqCst);
                             failing = false;
                         }
                         Err(error) if !failing => {
@@ -95,12 +102,13 @@ impl ServerClock {
                 }
             })
         };
-        ServerClock { offset_nanos, _measuring: Arc::new(Measuring(Some(task))) }
+        ServerClock { offset_nanos, measured, _measuring: Arc::new(Measuring(Some(task))) }
     }
 
-    /// A clock that is the local one, for processes that have no server to ask.
-    pub fn local() -> ServerClock {
-        ServerClock { offset_nanos: Arc::new(AtomicI64::new(0)), _measuring: Arc::new(Measuring(None)) }
+    /// Whether the server's clock was read at least once; until then [`ServerClock::now`] is the
+    /// local clock.
+    pub fn is_measured(&self) -> bool {
+        self.measured.load(Ordering::Relaxed)
     }
 
     /// The server's time now.

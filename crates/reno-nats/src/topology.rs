@@ -102,7 +102,7 @@ pub enum ProvisionError {
     #[error("the partitions of a priority stream must be 1 to {max}, not {partitions}", max = subject::MAX_PARTITIONS)]
     Partitions { partitions: u16 },
     #[error(
-        "cannot move the events of {stream} into its new partitions: {source}; they stay where they are, run provision again"
+        "cannot move the events of {stream} into its new partitions: {source}; they stay where they are until provision runs again"
     )]
     Rehome { stream: String, source: async_nats::Error },
 }
@@ -242,10 +242,6 @@ pub async fn provision(
         let subjects = stream_subjects(registry, priority);
         let config = priority_stream_config(topology, priority, subjects.clone());
         let name = config.name.clone();
-        let earlier = match jetstream.get_stream(&name).await {
-            Ok(stream) => partitions_of(&stream.cached_info().config).unwrap_or(0),
-            Err(_) => 0,
-        };
         jetstream.create_or_update_stream(config).await.map_err(|source| stream_error(&name, source))?;
         let stream = jetstream.get_stream(&name).await.map_err(|source| stream_error(&name, source))?;
         drop_foreign_consumers(&stream, topology.partitions).await?;
@@ -257,12 +253,15 @@ pub async fn provision(
                 source: source.into(),
             })?;
         }
-        if earlier > topology.partitions {
-            report.rehomed += rehome(jetstream, &stream, topology.partitions..earlier)
-                .await
-                .map_err(|source| ProvisionError::Rehome { stream: name.clone(), source })?;
-        }
         report.streams.push((name, subjects));
+    }
+    // Once every stream captures its new subjects, so that a moved event finds its stream.
+    for priority in Priority::ALL {
+        let name = subject::priority_stream(priority);
+        let mut stream = jetstream.get_stream(&name).await.map_err(|source| stream_error(&name, source))?;
+        report.rehomed += rehome(jetstream, &mut stream, topology.partitions)
+            .await
+            .map_err(|source| ProvisionError::Rehome { stream: name.clone(), source })?;
     }
 
     let dead_letters = stream::Config {
@@ -405,19 +404,31 @@ async fn drop_foreign_consumers(stream: &stream::Stream, partitions: u16) -> Res
     Ok(())
 }
 
-/// Moves every event of the `dropped` partitions of an earlier, larger count, which no consumer
-/// takes any more, to the partition of its member, by publishing it again on the subject its
-/// service published it on, then removing the old copy: a crash in between leaves a repeat, which
-/// the workers drop as a duplicate. Returns how many were moved.
+/// Moves every event the stream holds in a partition at or beyond `partitions` (left by an earlier,
+/// larger count: no consumer takes them any more) to the partition of its member, by publishing it
+/// again on the subject its service published it on, then removing the old copy: a crash in
+/// between leaves a repeat, which the workers drop as a duplicate. The partitions are found from
+/// what the stream holds, not from what was provisioned before, so that a run that stopped half
+/// way is finished by the next. Returns how many were moved.
 async fn rehome(
     jetstream: &jetstream::Context,
-    stream: &stream::Stream,
-    dropped: std::ops::Range<u16>,
+    stream: &mut stream::Stream,
+    partitions: u16,
 ) -> Result<u64, async_nats::Error> {
+    let held: Vec<(String, usize)> =
+        stream.info_with_subjects(format!("{}.*.*.*", subject::EVENT_PREFIX)).await?.try_collect().await?;
+    let dropped: std::collections::BTreeSet<u16> = held
+        .iter()
+        .filter_map(|(stored, _)| stored.split('.').nth(2)?.parse::<u16>().ok())
+        .filter(|partition| *partition >= partitions)
+        .collect();
+    if dropped.is_empty() {
+        return Ok(0);
+    }
     let config = pull::Config {
         durable_name: Some(REHOME_CONSUMER.to_owned()),
         description: Some("reno provision: moves events into their partitions".to_owned()),
-        filter_subjects: dropped.map(subject::partition_filter).collect(),
+        filter_subjects: dropped.into_iter().map(subject::partition_filter).collect(),
         ack_policy: AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         max_deliver: -1,

@@ -10,7 +10,7 @@ use std::{
 
 use async_nats::jetstream::{
     self,
-    stream::{DirectGetErrorKind, Stream},
+    stream::{DirectGetErrorKind, LastRawMessageErrorKind, Stream},
 };
 use reno_model::{
     DeviceType, MemberId, PullPage, PullRequest, codec,
@@ -95,11 +95,14 @@ impl HistoryReader {
         request: PullRequest,
     ) -> Result<PullPage, HistoryError> {
         let (mut bounds, stream) = self.bounds(false).await?;
-        let document = read(&stream, member).await?;
-        if document.is_none() {
-            // Nothing of the member: the page's position comes from the bounds alone, so they must
-            // be current (a history created anew a moment ago).
+        let mut document = read(&stream, member, Copy::Any).await?;
+        if document.as_ref().is_none_or(|document| request.cursor > document.revision) {
+            // Nothing of the member, or a cursor beyond its history: confirm with the bucket's
+            // current bounds, then the leader's copy, in that order, so that a write the first
+            // read missed (answered by a replica a moment behind, or made between the reads) is
+            // never taken for no history, nor for a reset.
             bounds = self.bounds(true).await?.0;
+            document = read(&stream, member, Copy::Leader).await?;
         }
         let now_ms = u64::try_from(self.clock.now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         Ok(page_of(document.as_ref(), member, device_type, &request, &bounds, now_ms))
@@ -130,29 +133,51 @@ impl HistoryReader {
     }
 }
 
-/// The member's document, if there is one. A delete marker counts as none; a document this
-/// service cannot read (written by a newer reno) is an error, not an empty history.
-async fn read(stream: &Stream, member: &MemberId) -> Result<Option<Document>, HistoryError> {
-    let got = tokio::time::timeout(
-        READ_TIMEOUT,
-        stream.direct_get_last_for_subject(subject::history_subject(member)),
-    )
-    .await
-    .map_err(|_| HistoryError::TimedOut)?;
-    let message = match got {
-        Ok(message) => message,
-        Err(error) if error.kind() == DirectGetErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(HistoryError::Unavailable(error.to_string())),
+/// Which copy of the bucket answers a read.
+#[derive(Clone, Copy)]
+enum Copy {
+    /// Any replica (a direct get): what most pulls use.
+    Any,
+    /// The stream's leader, which has every acknowledged write.
+    Leader,
+}
+
+/// The member's document, if there is one. A delete marker is an empty history that lost what
+/// came before it; a document this service cannot read (written by a newer reno) is an error, not
+/// an empty history.
+async fn read(stream: &Stream, member: &MemberId, copy: Copy) -> Result<Option<Document>, HistoryError> {
+    let subject = subject::history_subject(member);
+    let got = match copy {
+        Copy::Any => tokio::time::timeout(READ_TIMEOUT, stream.direct_get_last_for_subject(subject))
+            .await
+            .map_err(|_| HistoryError::TimedOut)?
+            .map(Some)
+            .or_else(|error| match error.kind() {
+                DirectGetErrorKind::NotFound => Ok(None),
+                _ => Err(HistoryError::Unavailable(error.to_string())),
+            }),
+        Copy::Leader => tokio::time::timeout(READ_TIMEOUT, stream.get_last_raw_message_by_subject(&subject))
+            .await
+            .map_err(|_| HistoryError::TimedOut)?
+            .map(Some)
+            .or_else(|error| match error.kind() {
+                LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                _ => Err(HistoryError::Unavailable(error.to_string())),
+            }),
     };
-    if message.headers.get("KV-Operation").is_some() {
+    let Some(message) = got? else {
         return Ok(None);
+    };
+    let stored_ms = u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    if message.headers.get("KV-Operation").is_some() {
+        let history = MemberHistory { lost_before: message.sequence, ..MemberHistory::default() };
+        return Ok(Some(Document { revision: message.sequence, stored_ms, history }));
     }
     let mut history = MemberHistory::decode(&message.payload).map_err(|error| {
         warn!(%member, %error, "unreadable history document");
         metrics::counter!("reno_pull_unreadable_entries_total").increment(1);
         HistoryError::Protocol(format!("the history of {member} cannot be read: {error}"))
     })?;
-    let stored_ms = u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     history.settle(message.sequence, stored_ms);
     Ok(Some(Document { revision: message.sequence, stored_ms, history }))
 }
@@ -162,8 +187,8 @@ async fn read(stream: &Stream, member: &MemberId) -> Result<Option<Document>, Hi
 /// - A cursor from another epoch, or beyond the member's last write (or the bucket's end, when the
 ///   member has none), is from a history that was reset: the page starts over, with resync.
 /// - Entries of the device type dropped for room or age after the cursor (the document's `pruned`,
-///   or entries past the retention still in it) are a loss: resync, and the page holds everything
-///   retained.
+///   or entries past the retention still in it), or an operator's delete of the member's history
+///   after the cursor (`lost_before`), are a loss: resync, and the page holds everything retained.
 /// - A cursor below the document's creation, or with no document at all, may have lost an earlier
 ///   document that expired: a loss only if entries written after the cursor can have expired by
 ///   now (the cursor's time, or the bucket's creation, plus the retention). Only a bare cursor 0
@@ -208,7 +233,8 @@ pub(crate) fn page_of(
     let history = &document.history;
     let mine = |entry: &&reno_model::history::Entry| entry.targets.contains(device_type);
     let lost = known
-        && (history.pruned.get(device_type).is_some_and(|pruned| *pruned > cursor)
+        && (cursor < history.lost_before
+            || history.pruned.get(device_type).is_some_and(|pruned| *pruned > cursor)
             || history
                 .entries
                 .iter()
@@ -296,7 +322,7 @@ mod tests {
         Document {
             revision,
             stored_ms: NOW - DAY_MS,
-            history: MemberHistory { entries, pruned: Default::default(), created },
+            history: MemberHistory { entries, created, ..MemberHistory::default() },
         }
     }
 
@@ -363,6 +389,11 @@ mod tests {
         assert_eq!((seqs(&behind), behind.resync), (vec![30, 40], true));
         let past = page(Some(&doc), request(25, Some(EPOCH), Some(NOW - DAY_MS)));
         assert_eq!((seqs(&past), past.resync), (vec![30, 40], false));
+        // Deleted by an operator after the cursor: lost, whatever the cursor's time.
+        let mut deleted = document(&[30, 40], 10);
+        deleted.history.lost_before = 25;
+        assert!(page(Some(&deleted), request(20, Some(EPOCH), Some(NOW - DAY_MS))).resync);
+        assert!(!page(Some(&deleted), request(25, Some(EPOCH), Some(NOW - DAY_MS))).resync);
         // Dropped for another device type only: nothing lost for this one.
         let mut other = document(&[30], 10);
         other.history.pruned.insert(DeviceType::new("mobile").unwrap(), 25);

@@ -13,7 +13,7 @@ use reno_model::{
 use crate::outcome::Outcome;
 
 /// Which message of a priority stream an event came from: `<stream>:<sequence>`. Written with each
-/// history entry (`Reno-Source`), so that a worker meeting an existing entry can tell its own
+/// history entry (its `source`), so that a worker meeting an existing entry can tell its own
 /// earlier write (a write that timed out but was stored, or an attempt that stopped before its push)
 /// from another copy of the same event (published again after the duplicate window).
 pub(crate) fn source(stream: &str, sequence: u64) -> String {

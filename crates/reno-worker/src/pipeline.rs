@@ -215,7 +215,13 @@ impl Pipeline {
         span.record("member", envelope.member.as_str());
 
         // By the server's clock, which stamped `published`: this worker's own may be minutes off.
-        let age = (self.clock.now() - published).unsigned_abs();
+        // Not judged until that clock was read once (the local one could drop fresh events), and
+        // never below zero (a clock a moment behind the server's is not an old event).
+        let age = if self.clock.is_measured() {
+            (self.clock.now() - published).max(time::Duration::ZERO).unsigned_abs()
+        } else {
+            std::time::Duration::ZERO
+        };
         match gates::staleness(age, route.spec.stale_after, deliveries) {
             Staleness::Fresh => {}
             Staleness::Stale => return Ok(Outcome::Stale),
@@ -298,7 +304,10 @@ impl Pipeline {
             return Ok(None);
         };
         if !stored.live {
-            return Ok(Some((stored.revision, MemberHistory::default())));
+            // An operator deleted the member's history: the next document says so, so that devices
+            // behind the delete are told to resync.
+            let history = MemberHistory { lost_before: stored.revision, ..MemberHistory::default() };
+            return Ok(Some((stored.revision, history)));
         }
         // A document this worker cannot read (written by a newer reno during a rolling upgrade) is
         // never overwritten: the event is retried, so that a worker that can read it takes it.
@@ -320,7 +329,12 @@ impl Pipeline {
         member: &MemberId,
         incoming: &Entry,
     ) -> Result<Vec<(DeviceType, Written)>, Failure> {
-        for _attempt in 0..8 {
+        for attempt in 0..8u32 {
+            if attempt > 0 {
+                // Another writer moved the document on, or a replica a moment behind answered the
+                // read: give it a few milliseconds.
+                tokio::time::sleep(std::time::Duration::from_millis(1 << attempt.min(6))).await;
+            }
             let (expected, mut history) = self.read(member).await?.unwrap_or_default();
             let mut results = gates::apply(&mut history, incoming.clone());
             if !results.iter().any(|(_, written)| *written == Written::New(0)) {

@@ -3,11 +3,14 @@
 //! partition's durable consumer, one event at a time. Shutdown stops the pulling, lets in-flight
 //! events finish, and returns.
 
-use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{
     self, AckKind,
-    consumer::{PullConsumer, pull::MessagesError},
+    consumer::{
+        PullConsumer,
+        pull::{self, MessagesError},
+    },
 };
 use futures::{FutureExt, StreamExt};
 use reno_model::{Priority, Registry, subject};
@@ -15,6 +18,7 @@ use reno_nats::{readiness::Needed, topology::partitions_of};
 use reno_presence::PresenceView;
 use tokio::{
     sync::{mpsc, watch},
+    task::JoinHandle,
     time::Instant,
 };
 use tracing::{Instrument, info, info_span, warn};
@@ -178,6 +182,7 @@ async fn run_priority(
         let history = History::new(jetstream.clone(), history_stream);
         let clock = reno_nats::ServerClock::follow(jetstream.clone(), stream_name.clone()).await;
         let tracer = reno_nats::Tracer::follow(client.clone(), "worker");
+        let jetstream_for_lanes = jetstream.clone();
         let pipeline = Arc::new(Pipeline {
             priority,
             registry,
@@ -196,19 +201,21 @@ async fn run_priority(
         outcome::register(priority);
         info!(partitions, threads = pool.threads, ?ack_wait, "worker started");
 
-        let lanes: Vec<_> = consumers
-            .into_iter()
-            .map(|consumer| {
-                let span = info_span!("lane", consumer = consumer.cached_info().name);
-                let lane = run_partition(pipeline.clone(), consumer, stop.clone(), progress_every);
-                tokio::spawn(lane.instrument(span))
-            })
-            .collect();
-        for lane in lanes {
-            if let Err(error) = lane.await {
-                warn!(%error, "a partition stopped unexpectedly");
+        let mut lanes = Lanes { pipeline, progress_every, running: BTreeMap::new() };
+        for consumer in consumers {
+            lanes.start(consumer);
+        }
+        // The partition count can change while this worker runs (`reno provision --partitions`):
+        // lanes follow it, so that new partitions are worked without a restart.
+        let mut check = tokio::time::interval(PARTITION_CHECK);
+        check.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => break,
+                _ = check.tick() => lanes.follow(&jetstream_for_lanes, &stream_name).await,
             }
         }
+        lanes.stop_all().await;
         // Acks are written to the connection's buffer; make sure they reach the server.
         let _ = client.flush().await;
         info!("worker stopped");
@@ -216,6 +223,64 @@ async fn run_priority(
     }
     .instrument(span)
     .await
+}
+
+/// How often a priority's partition count is read again.
+const PARTITION_CHECK: Duration = Duration::from_secs(10);
+
+/// The lanes of one priority, by consumer name, each with its own stop signal.
+struct Lanes {
+    pipeline: Arc<Pipeline>,
+    progress_every: Duration,
+    running: BTreeMap<String, (watch::Sender<bool>, JoinHandle<()>)>,
+}
+
+impl Lanes {
+    fn start(&mut self, consumer: PullConsumer) {
+        let name = consumer.cached_info().name.clone();
+        let (stop, stopped) = watch::channel(false);
+        let span = info_span!("lane", consumer = name);
+        let lane = run_partition(self.pipeline.clone(), consumer, stopped, self.progress_every);
+        self.running.insert(name, (stop, tokio::spawn(lane.instrument(span))));
+    }
+
+    /// Starts lanes for partitions the stream gained and stops those of partitions it lost.
+    async fn follow(&mut self, jetstream: &jetstream::Context, stream_name: &str) {
+        let Ok(stream) = jetstream.get_stream(stream_name).await else { return };
+        let Some(partitions) = partitions_of(&stream.cached_info().config) else { return };
+        let wanted: Vec<String> = (0..partitions)
+            .map(subject::worker_consumer)
+            .chain([subject::STRAYS_CONSUMER.to_owned()])
+            .collect();
+        let gone: Vec<String> = self.running.keys().filter(|name| !wanted.contains(name)).cloned().collect();
+        for name in gone {
+            if let Some((stop, lane)) = self.running.remove(&name) {
+                let _ = stop.send(true);
+                let _ = lane.await;
+                info!(consumer = name, "partition gone; its lane stopped");
+            }
+        }
+        let new: Vec<&String> = wanted.iter().filter(|name| !self.running.contains_key(*name)).collect();
+        for name in new {
+            // A consumer provisioning has not created yet is tried again at the next check.
+            if let Ok(consumer) = stream.get_consumer::<pull::Config>(name).await {
+                info!(consumer = name, "new partition; its lane started");
+                self.start(consumer);
+            }
+        }
+    }
+
+    /// Stops every lane, letting the events in flight finish.
+    async fn stop_all(self) {
+        for (stop, _) in self.running.values() {
+            let _ = stop.send(true);
+        }
+        for (name, (_, lane)) in self.running {
+            if let Err(error) = lane.await {
+                warn!(%error, consumer = name, "a lane stopped unexpectedly");
+            }
+        }
+    }
 }
 
 /// Events of one partition (or the strays) pulled from its consumer and handled one after another: the consumer

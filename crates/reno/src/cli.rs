@@ -113,7 +113,12 @@ impl Cli {
     /// validated.
     pub fn resolve(&self, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let mut config = Config::load(self.config.as_deref())?;
-        config.apply_env(env)?;
+        for name in config.apply_env(env)? {
+            // Said before logging starts, so on stderr directly.
+            eprintln!(
+                "reno: warning: {name} names no configuration key; ignored (see docs/configuration.md)"
+            );
+        }
         if let Some(level) = &self.log_level {
             config.log.level = level.clone();
         }

@@ -343,30 +343,40 @@ impl Config {
     /// `RENO_NATS_URL` for `nats.url`, `RENO_WORKER_HIGH_THREADS` for `worker.high.threads`).
     /// A list takes comma-separated values. `env` is the environment to read (the process's, or a
     /// test's own).
-    pub fn apply_env(&mut self, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    /// Returns the variables that start with a section's name but name none of its keys, which are
+    /// ignored (a misspelling, or a variable of another tool).
+    pub fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Vec<String>, ConfigError> {
         let env: std::collections::HashMap<String, String> =
             env.into_iter().filter(|(name, _)| name.starts_with("RENO_")).collect();
         let mut tree = toml::Value::try_from(&*self).expect("a config always serializes");
         let mut applied = Vec::new();
         overlay(&mut tree, "RENO", &env, &mut applied);
-        // Keys the serialized config does not show (optional ones left unset), and misspelled ones:
-        // placed in the section their name starts with, so that an optional key can be set and a
-        // misspelled one is refused by name rather than ignored.
+        // Optional keys left unset do not show in the serialized config: set them by name.
+        let mut ignored = Vec::new();
         let mut rest: Vec<&String> = env.keys().filter(|name| !applied.contains(name)).collect();
         rest.sort();
         for name in rest {
-            if place(&mut tree, &name["RENO_".len()..], &env[name], true) {
-                applied.push(name.clone());
+            if let Some(key) = OPTIONAL_KEYS.iter().find(|key| env_name(key) == *name) {
+                let (section, field) = key.split_once('.').expect("section.field");
+                if let Some(toml::Value::Table(table)) = tree.get_mut(section) {
+                    table.insert(field.to_owned(), toml::Value::String(env[name].clone()));
+                    applied.push(name.clone());
+                }
+            } else if is_section_variable(&tree, name) {
+                ignored.push(name.clone());
             }
         }
         if applied.is_empty() {
-            return Ok(());
+            return Ok(ignored);
         }
         *self = tree.try_into().map_err(|error: toml::de::Error| ConfigError::Parse {
             path: format!("environment ({})", applied.join(", ")),
             message: error.to_string().trim_end().to_owned(),
         })?;
-        Ok(())
+        Ok(ignored)
     }
 
     /// The effective configuration as a config file would say it.
@@ -506,26 +516,35 @@ pub fn read_secret(key: &'static str, path: Option<&std::path::Path>) -> Result<
 }
 
 /// Replaces each leaf of `tree` whose environment variable (`prefix` plus its path) is set.
-/// Puts `value` as a string under the key `name` names, inside the section its name starts with
-/// (`NATS_NKEY_SEED_FILE` is `nkey_seed_file` in `nats`). A name that starts with no section is not
-/// reno's (the nats-server configs read `RENO_HUB_NAME` and others) and is left alone.
-fn place(tree: &mut toml::Value, name: &str, value: &str, at_root: bool) -> bool {
+/// The keys that have no default, so that an unset one does not show in the serialized
+/// configuration; each can still be set from the environment. Every `Option` field of a section
+/// belongs here.
+const OPTIONAL_KEYS: [&str; 10] = [
+    "nats.nkey_seed_file",
+    "nats.inbox_prefix",
+    "nats.ca_file",
+    "auth.token_keys_file",
+    "auth.nkey_seed_file",
+    "auth.issuer_seed_file",
+    "auth.xkey_seed_file",
+    "auth.dev_token_key_file",
+    "gateway.service_tokens_file",
+    "gateway.web_dir",
+];
+
+/// `RENO_<SECTION>_<KEY>` of a `section.key`.
+fn env_name(key: &str) -> String {
+    format!("RENO_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Whether `name` starts with `RENO_` and a section's name (`RENO_WORKER_...`): a variable meant
+/// for reno's configuration. Others (`RENO_HUB_NAME`, read by the configs in `nats/`) are not.
+fn is_section_variable(tree: &toml::Value, name: &str) -> bool {
     let toml::Value::Table(table) = tree else { return false };
-    let section =
-        table.iter().filter(|(_, child)| child.is_table()).map(|(key, _)| key.clone()).find(|key| {
-            name.strip_prefix(&key.to_ascii_uppercase()).is_some_and(|rest| rest.starts_with('_'))
-        });
-    match section {
-        Some(key) => {
-            let rest = &name[key.len() + 1..];
-            place(table.get_mut(&key).expect("found above"), rest, value, false)
-        }
-        None if at_root => false,
-        None => {
-            table.insert(name.to_ascii_lowercase(), toml::Value::String(value.to_owned()));
-            true
-        }
-    }
+    table
+        .iter()
+        .filter(|(_, child)| child.is_table())
+        .any(|(section, _)| name.starts_with(&format!("RENO_{}_", section.to_ascii_uppercase())))
 }
 
 fn overlay(
@@ -604,7 +623,7 @@ mod tests {
     }
 
     #[test]
-    fn the_environment_sets_optional_keys_and_refuses_misspelled_ones() {
+    fn the_environment_sets_optional_keys_and_reports_misspelled_ones() {
         let mut config = Config::default();
         let env = [
             ("RENO_NATS_NKEY_SEED_FILE", "/secrets/reno.nk"),
@@ -613,16 +632,23 @@ mod tests {
             ("RENO_HUB_NAME", "hub-1"),
             ("RENO_PUB_CALLOUT_ISSUER", "A..."),
         ];
-        config.apply_env(env.iter().map(|(name, value)| (name.to_string(), value.to_string()))).unwrap();
+        let ignored =
+            config.apply_env(env.iter().map(|(name, value)| (name.to_string(), value.to_string()))).unwrap();
+        assert!(ignored.is_empty(), "{ignored:?}");
         assert_eq!(config.nats.nkey_seed_file.as_deref(), Some(std::path::Path::new("/secrets/reno.nk")));
         assert!(config.gateway.service_tokens_file.is_some());
-        for misspelled in ["RENO_WORKER_LOW_THREDS", "RENO_NATS_NKEY_SEED", "RENO_STREAMS_PARTITION"] {
-            let message = Config::default()
-                .apply_env([(misspelled.to_string(), "3".to_string())])
-                .unwrap_err()
-                .to_string();
-            assert!(message.contains(misspelled) && message.contains("unknown field"), "{message}");
+        for misspelled in
+            ["RENO_WORKER_LOW_THREDS", "RENO_NATS_NKEY_SEED", "RENO_STREAMS_PARTITION", "RENO_NATS_SERVER"]
+        {
+            let mut config = Config::default();
+            let ignored = config.apply_env([(misspelled.to_string(), "3".to_string())]).unwrap();
+            assert_eq!(ignored, [misspelled], "reported, not taken");
+            assert_eq!(config.to_toml(), Config::default().to_toml());
         }
+        // Every optional key is one the configuration accepts.
+        let mut config = Config::default();
+        config.apply_env(OPTIONAL_KEYS.map(|key| (env_name(key), "/x".to_string()))).unwrap();
+        assert!(config.nats.ca_file.is_some() && config.auth.dev_token_key_file.is_some());
     }
 
     #[test]
