@@ -1,4 +1,5 @@
-//! Subjects and tokens as they arrive from the network: `subject::parse_event_subject`,
+//! Subjects and tokens as they arrive from the network: `subject::parse_event_subject` (as
+//! published, and as a priority stream stores it with a partition token),
 //! `subject::parse_pull_subject`, `token::check_token` and each token type's `new` (and its serde
 //! path, which envelopes and notifications use). Whatever is accepted must be 1 to 64 of
 //! `[A-Za-z0-9_-]`, and everything of that shape must be accepted.
@@ -36,13 +37,32 @@ fn two_tokens_after<'a>(text: &'a str, prefix: &str) -> Option<(&'a str, &'a str
     (is_token(first) && is_token(second)).then_some((first, second))
 }
 
+/// `reno.evt.<partition>.<a>.<b>`, as a priority stream stores an event: the partition in decimal
+/// without leading zeros, below 1024; the rest as published.
+fn stored_event_tokens(text: &str) -> Option<(&str, &str)> {
+    let rest = text.strip_prefix("reno.evt.")?;
+    let (partition, published) = rest.split_once('.')?;
+    let canonical = partition == "0"
+        || (!partition.starts_with('0') && partition.bytes().all(|byte| byte.is_ascii_digit()));
+    let below = partition.len() <= 4 && partition.parse::<u32>().is_ok_and(|number| number < 1024);
+    if !(canonical && below) {
+        return None;
+    }
+    two_tokens_after(&format!("x.{published}"), "x").map(|_| {
+        let (first, second) = published.split_once('.').expect("two tokens");
+        (first, second)
+    })
+}
+
 fn check_event_subject(text: &str) {
     let parsed = subject::parse_event_subject(text);
-    let expected = two_tokens_after(text, "reno.evt");
+    let stored = stored_event_tokens(text);
+    let expected = two_tokens_after(text, "reno.evt").or(stored);
     match (&parsed, expected) {
         (Ok((event_type, member)), Some((type_text, member_text))) => {
             assert_eq!((event_type.as_str(), member.as_str()), (type_text, member_text));
-            assert_eq!(subject::event_subject(event_type, member), text);
+            // The subject as the service published it, with the partition token taken out.
+            assert_eq!(subject::event_subject(event_type, member), subject::published_event_subject(text));
         }
         (Err(error), None) => assert_eq!(error.code(), "bad_subject"),
         _ => panic!("parse_event_subject({text:?}) = {parsed:?}"),
