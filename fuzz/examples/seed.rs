@@ -5,11 +5,15 @@
 
 use std::{fs, path::Path};
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use reno_fuzz::dev_token::{self, AUDIENCE, NOW};
 use reno_model::{
     CollapseKey, DeviceType, Envelope, EventId, EventType, MemberId, Notification, PullPage, PullRequest,
     Value,
     codec::{self, MAX_NESTING},
+    history::{Entry, MemberHistory},
 };
+use serde_json::json;
 
 fn main() -> std::io::Result<()> {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -21,6 +25,8 @@ fn main() -> std::io::Result<()> {
         ("pull_page", pull_page_seeds()),
         ("subject", text_seeds(SUBJECTS)),
         ("position", text_seeds(POSITIONS)),
+        ("device_token", device_token_seeds()),
+        ("member_history", member_history_seeds()),
     ] {
         let folder = corpus.join(target);
         fs::create_dir_all(&folder)?;
@@ -256,6 +262,126 @@ const POSITIONS: &[(&str, &str)] = &[
     ("negative", "-1"),
 ];
 
+/// Tokens the development key minted, valid and not, and junk; then inputs whose first byte makes
+/// the target sign the rest as the claims (0, 1) or the header (2) of a token.
+fn device_token_seeds() -> Seeds {
+    let key = dev_token::dev_key();
+    let mint = |member: &str, device_type: &str, expires_at: u64| {
+        key.mint(&dev_token::identity(member, device_type, "d1", expires_at), AUDIENCE, NOW).into_bytes()
+    };
+    let valid = String::from_utf8(mint("m1", "tv", NOW + 3600)).unwrap();
+    let (header, rest) = valid.split_once('.').unwrap();
+    let (claims_part, signature) = rest.split_once('.').unwrap();
+    // Claims that pass, for `member`, with `changes` made to them.
+    let claims = |member: &str, changes: serde_json::Value| {
+        let mut claims = json!({"aud": AUDIENCE, "member": member, "device_type": "tv", "device_id": "d1"});
+        claims["exp"] = json!(NOW + 60);
+        for (claim, value) in changes.as_object().unwrap() {
+            claims[claim] = value.clone();
+        }
+        claims
+    };
+    let encode = |value: serde_json::Value| URL_SAFE_NO_PAD.encode(value.to_string());
+    let mut flipped = signature.to_owned().into_bytes();
+    flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
+    let raw =
+        |selector: u8, value: serde_json::Value| [vec![selector], value.to_string().into_bytes()].concat();
+    vec![
+        ("valid", valid.clone().into_bytes()),
+        ("valid-uuid-member", mint("0b7f1d2e-4c1a-4f7e-9a51-3c2f8e6d9b10", "mobile", NOW + 60)),
+        ("valid-within-leeway", mint("m1", "browser", NOW - 10)),
+        ("expired", mint("m1", "tv", NOW - 3600)),
+        (
+            "wrong-audience",
+            key.mint(&dev_token::identity("m1", "tv", "d1", NOW + 60), "other", NOW).into_bytes(),
+        ),
+        ("tampered-claims", format!("{header}.{}.{signature}", encode(claims("m2", json!({})))).into_bytes()),
+        (
+            "tampered-signature",
+            format!("{header}.{claims_part}.{}", String::from_utf8(flipped).unwrap()).into_bytes(),
+        ),
+        (
+            "alg-none",
+            format!("{}.{}.", encode(json!({"alg": "none"})), encode(claims("m1", json!({})))).into_bytes(),
+        ),
+        ("junk-two-parts", b"a.b".to_vec()),
+        ("junk-empty", Vec::new()),
+        ("junk-bytes", vec![0xff, 0x00, b'.', 0xc3, b'.', 0x28]),
+        ("sign-claims-valid", raw(0, claims("m1", json!({})))),
+        ("sign-claims-no-kid-audiences", raw(1, claims("m1", json!({"aud": ["x", AUDIENCE], "exp": NOW})))),
+        ("sign-claims-not-yet-valid", raw(0, claims("m1", json!({"nbf": NOW + 3600})))),
+        ("sign-claims-member-wildcard", raw(0, claims("m1.*", json!({})))),
+        ("sign-claims-float-exp", raw(0, claims("m1", json!({"exp": 1.9e9})))),
+        ("sign-header-ed25519", raw(2, json!({"alg": "Ed25519", "typ": "JWT"}))),
+        ("sign-header-other-key", raw(2, json!({"alg": "EdDSA", "kid": "k2"}))),
+        ("sign-header-unknown-key", raw(2, json!({"alg": "EdDSA", "kid": "k9"}))),
+        ("sign-header-crit", raw(2, json!({"alg": "EdDSA", "crit": ["b64"]}))),
+        ("sign-header-hs256", raw(2, json!({"alg": "HS256", "kid": "k1"}))),
+    ]
+}
+
+fn history_entry(seq: u64, targets: &[&str], collapse_key: Option<&str>) -> Entry {
+    Entry {
+        seq,
+        written_ms: 1_795_600_000_000 + seq * 1000,
+        targets: targets.iter().map(|target| DeviceType::new(*target).unwrap()).collect(),
+        source: format!("RENO_NORMAL:{seq}"),
+        id: EventId::new(format!("e{seq}")).unwrap(),
+        event_type: EventType::new(if collapse_key.is_some() { "plan_changed" } else { "my_list_updated" })
+            .unwrap(),
+        occurred_at_ms: 1_795_600_000_000 + seq * 1000 - 2,
+        published_at_ms: 1_795_600_000_000 + seq * 1000 - 1,
+        payload: map(&[("row", Value::Integer(seq.into()))]),
+        collapse_key: collapse_key.map(|key| CollapseKey::new(key).unwrap()),
+    }
+}
+
+fn member_history_seeds() -> Seeds {
+    let history = MemberHistory {
+        entries: vec![
+            history_entry(3, &["tv", "mobile"], None),
+            history_entry(7, &["tv"], Some("plan_changed")),
+            history_entry(9, &["browser", "mobile", "tv"], None),
+            history_entry(0, &["tv"], None),
+        ],
+        pruned: [(DeviceType::new("tv").unwrap(), 2)].into_iter().collect(),
+        created: 1,
+        lost_before: 0,
+    };
+    let valid = history.encode();
+    let mut trailing = valid.clone();
+    trailing.push(0);
+    let with_payload = |payload: Value| {
+        let entries = vec![Entry { payload, ..history_entry(4, &["tv"], None) }];
+        MemberHistory { entries, ..MemberHistory::default() }.encode()
+    };
+    let reversed =
+        MemberHistory { entries: history.entries.iter().rev().cloned().collect(), ..history.clone() };
+    let full = MemberHistory {
+        entries: (1..=12).map(|seq| history_entry(seq, &["tv", "mobile"], None)).collect(),
+        ..MemberHistory::default()
+    };
+    let mut raw = codec::decode::<Value>(&valid, usize::MAX).unwrap();
+    if let Value::Map(entries) = &mut raw {
+        entries.push((text("epoch"), Value::Integer(1.into())));
+    }
+    vec![
+        ("valid", valid.clone()),
+        ("valid-empty", MemberHistory::default().encode()),
+        ("valid-lost-before", MemberHistory { lost_before: 2, ..history.clone() }.encode()),
+        ("valid-full", full.encode()),
+        ("valid-out-of-order", reversed.encode()),
+        ("valid-every-kind", with_payload(every_kind())),
+        // The deepest payload the history reads: one level deeper than an envelope carries.
+        ("valid-deepest-payload", with_payload(nested(MAX_NESTING))),
+        ("bad-too-deep", with_payload(nested(MAX_NESTING + 1))),
+        ("bad-truncated", valid[..valid.len() / 2].to_vec()),
+        ("bad-trailing-byte", trailing),
+        ("bad-unknown-key", codec::encode(&raw)),
+        ("bad-not-a-map", codec::encode(&Value::Array(vec![]))),
+    ]
+}
+
 fn text_seeds(seeds: &[(&'static str, &str)]) -> Seeds {
     seeds.iter().map(|(name, value)| (*name, value.as_bytes().to_vec())).collect()
 }
@@ -282,6 +408,11 @@ fn dictionary() -> String {
         "more",
         "resync",
         "next_cursor_time_ms",
+        "entries",
+        "pruned",
+        "created",
+        "written_ms",
+        "source",
     ];
     let mut lines = String::from("# Written by `scripts/fuzz seed` (fuzz/examples/seed.rs).\n");
     for key in keys {
@@ -289,5 +420,25 @@ fn dictionary() -> String {
         lines.push_str(&format!("key_{key}=\"{escaped}\"\n"));
     }
     lines.push_str("evt=\"reno.evt.\"\npull=\"reno.pull.\"\n");
+    // Device tokens: JSON of their header and claims, and `{"` as base64url.
+    for word in [
+        "alg",
+        "EdDSA",
+        "Ed25519",
+        "kid",
+        "crit",
+        "aud",
+        "exp",
+        "nbf",
+        "member",
+        "device_type",
+        "device_id",
+        "reno",
+        "k1",
+        "k2",
+    ] {
+        lines.push_str(&format!("jwt_{word}=\"\\x22{word}\\x22\"\n"));
+    }
+    lines.push_str("jwt_open=\"eyJ\"\n");
     lines
 }

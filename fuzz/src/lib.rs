@@ -1,8 +1,11 @@
 //! What the fuzz targets check, shared: the token rule written out on its own (not by calling
 //! `reno_model::token::check_token`, which is under test), the nesting depth of a CBOR value, and that
-//! a decoded message re-encodes to bytes its decoder reads back as the same message.
+//! a decoded message re-encodes to bytes its decoder reads back as the same message; and the
+//! development key set of the device-token target (`dev_token`).
 
 use reno_model::{Value, codec::MAX_NESTING};
+
+pub mod dev_token;
 
 /// The token rule of docs/protocol.md, from scratch: 1 to 64 ASCII letters, digits, `-` or `_`.
 pub fn is_token(text: &str) -> bool {
