@@ -59,6 +59,25 @@ def table(header, rows):
     return "\n".join(lines)
 
 
+def command(results, name):
+    """The command run-benchmarks ran for benchmark `name` (from NAME.cmd), if it recorded one."""
+    path = os.path.join(results, f"{name}.cmd")
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return file.read().strip()
+
+
+def commands(results, named):
+    """A list of the commands behind a table's rows: [(name, label), ...]."""
+    lines = []
+    for name, label in named:
+        text = command(results, name)
+        if text and runs(results, name):
+            lines.append(f"- {label}: `{text}`")
+    return "\n\nCommands:\n\n" + "\n".join(lines) if lines else ""
+
+
 def machine(results):
     cpu = "unknown"
     try:
@@ -109,21 +128,30 @@ def machine(results):
     return table(["what", "value"], rows)
 
 
+THROUGHPUT_RUNS = [("throughput-1type", "one target device type", 0.40),
+                   ("throughput-4types", "four device types", 0.20),
+                   ("throughput-1type-30k", "one target device type", 0.40),
+                   ("throughput-4types-30k", "four device types", 0.20)]
+
+
 def throughput(results):
-    rows = []
-    for name, label, target in [("throughput-1type", "one target device type", 0.40),
-                                ("throughput-4types", "four device types", 0.20)]:
+    rows, named = [], []
+    for name, label, target in THROUGHPUT_RUNS:
         found = runs(results, name)
         if not found:
             continue
         ratio = med(found, "ratio")
-        rows.append([label, len(found), fmt(med(found, "events_per_sec")),
+        members, published = med(found, "members"), med(found, "published")
+        named.append((name, f"{label}, {fmt(members)} members"))
+        each = f"{published / members:,.0f}" if members and published else "–"
+        rows.append([label, fmt(members), each, len(found), fmt(med(found, "events_per_sec")),
                      fmt(med(found, "notifications_per_sec")), fmt(med(found, "raw_msgs_per_sec")),
                      fmt(ratio, 3), f"≥ {target:.2f}", "met" if ratio and ratio >= target else "**not met**",
                      fmt(med(found, "cpu_us_per_event.workers")), fmt(med(found, "cpu_us_per_event.hub")),
                      sum(1 for summary in found if summary.get("ok"))])
-    return table(["run", "runs", "events/s", "notifications/s", "raw JetStream msgs/s (same run)",
-                  "ratio", "target", "", "worker CPU µs/event", "hub CPU µs/event", "runs complete"], rows)
+    return table(["run", "members", "events per member", "runs", "events/s", "notifications/s",
+                  "raw JetStream msgs/s (same run)", "ratio", "target", "", "worker CPU µs/event",
+                  "hub CPU µs/event", "runs complete"], rows) + commands(results, named)
 
 
 LATENCY_RUNS = [("latency-1000", "1,000/s"), ("latency-quarter", "¼ of max"), ("latency-half", "½ of max"),
@@ -146,7 +174,7 @@ def latency(results):
             row.append("")
         rows.append(row)
     return table(["offered load", "runs", "published/s", "delivered events/s", "p50 ms", "p90 ms", "p99 ms",
-                  "p99.9 ms", "max ms", "runs complete", "target"], rows)
+                  "p99.9 ms", "max ms", "runs complete", "target"], rows) + commands(results, LATENCY_RUNS)
 
 
 def storm(results):
@@ -165,7 +193,8 @@ def storm(results):
         return "(not run)"
     return table(["devices at once", "attempts", "runs", "connected", "refused or timed out at first",
                   "never connected", "connects/s", "storm s", "connect p50 ms", "connect p99 ms",
-                  "start → connected p99 ms", "edge KiB per connected device"], rows)
+                  "start → connected p99 ms", "edge KiB per connected device"], rows) + commands(
+        results, [("storm-3000", "3,000"), ("storm", "5,000"), ("storm-retry", "5,000 with retries")])
 
 
 def compare(results):
@@ -177,7 +206,8 @@ def compare(results):
                        ("subscriber on the hub (nats, reno's account)", "hub_latency")]:
         rows.append([label, len(found)] + [fmt(med(found, f"{key}.{field}"), 2)
                                            for field in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]])
-    return table(["receiver", "runs", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"], rows)
+    return table(["receiver", "runs", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"], rows) + commands(
+        results, [("compare", "both receivers, one run")])
 
 
 def targets(results):
@@ -215,7 +245,66 @@ def targets(results):
                      f"{fmt(small_rate)} vs {fmt(large_rate)} events/s ({change:+.0%}); of raw in the same run "
                      f"{fmt(small_ratio, 3)} vs {fmt(large_ratio, 3)}" if change is not None else "–",
                      "met" if change is not None and abs(change) <= 0.10 else "**not met**"])
-    return table(["target", "wanted", "measured", ""], rows)
+    return table(["target", "wanted", "measured", ""], rows) + commands(
+        results, [("order", "order"), ("kill", "SIGKILLed worker"), ("hostile", "hostile input"),
+                  ("members-1k", "1k member ids"), ("members-1m", "1M member ids")])
+
+
+PULL_RUNS = [("pull-10k", "10k entries"), ("pull-10m", "10M entries"), ("pull-10k-cold", "10k entries"),
+             ("pull-10m-cold", "10M entries")]
+
+
+def pull(results):
+    latency_rows, flood_rows = [], []
+    for name, label in PULL_RUNS:
+        found = runs(results, name)
+        if not found:
+            continue
+        label = f"{fmt(med(found, 'history_entries'))} ({fmt(med(found, 'members'))} members × {fmt(med(found, 'entries'))})"
+        idle = med(found, "idle_secs")
+        p99 = med(found, "pulls.latency.p99_ms")
+        checked = sum(dig(summary, "pulls.latency.count") or 0 for summary in found)
+        wrong = sum((dig(summary, "pulls.wrong") or 0) + (dig(summary, "pulls.failed") or 0) for summary in found)
+        latency_rows.append([label, "right after the fill" if not idle else f"after {fmt(idle)} s idle", len(found)]
+                            + [fmt(med(found, f"pulls.latency.{key}"), 2)
+                               for key in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]]
+                            + [fmt(med(found, "pulls.first_pull_ms"), 1), f"{checked:,} ({wrong:,})",
+                               fmt(med(found, "fill.documents_per_sec")),
+                               fmt((med(found, "fill.history_bytes") or 0) / 1048576),
+                               "met" if p99 is not None and p99 <= 5 else "**not met**"])
+        flooded = [summary for summary in found if summary.get("flood")]
+        if flooded:
+            ratio = med(flooded, "flood.ratio")
+
+            def phase(summary, number, path):
+                phases = dig(summary, "flood.phases") or []
+                return dig(phases[number], path) if len(phases) > number else None
+
+            def phase_med(number, path):
+                return median([phase(summary, number, path) for summary in flooded])
+
+            flood_rows.append([label, len(flooded), fmt(med(flooded, "flood.events_per_phase")),
+                               fmt(med(flooded, "flood.events_per_sec_without_pulls")),
+                               fmt(med(flooded, "flood.events_per_sec_with_pulls")), fmt(ratio, 3),
+                               fmt(phase_med(1, "pulls.per_sec")), fmt(phase_med(1, "pulls.latency.p99_ms"), 2),
+                               fmt(phase_med(1, "pulls.failed")),
+                               f"{fmt(phase_med(0, 'cpu_us_per_event.hub'))} / {fmt(phase_med(1, 'cpu_us_per_event.hub'))}",
+                               f"{fmt(phase_med(0, 'cpu_us_per_event.workers'))} / "
+                               f"{fmt(phase_med(1, 'cpu_us_per_event.workers'))}",
+                               fmt(phase_med(1, "pull_service_us_per_pull")),
+                               "met" if ratio is not None and ratio >= 0.90 else "**not met**"])
+    if not latency_rows:
+        return "(not run)"
+    text = table(["entries in history", "measured", "runs", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+                  "first pull ms", "pages checked (wrong or failed)", "fill documents/s", "history MiB",
+                  "p99 ≤ 5 ms"], latency_rows)
+    if flood_rows:
+        text += "\n\n" + table(["entries in history", "runs", "events per phase", "workers' events/s without pulls",
+                                 "with the pulls", "ratio", "pulls/s", "pull p99 ms in the flood",
+                                 "pulls failed", "hub µs/event without / with", "worker µs/event without / with",
+                                 "pull service µs/pull", "within 10%"], flood_rows)
+    return text + commands(results, [(name, f"{label}, {'after 130 s idle' if 'cold' in name else 'with the flood'}")
+                                     for name, label in PULL_RUNS])
 
 
 def goose(results):
@@ -258,6 +347,7 @@ def main():
         "storm": storm(results),
         "compare": compare(results),
         "targets": targets(results),
+        "pull": pull(results),
         "goose": goose(results),
     }
     for name, content in sections.items():

@@ -1,6 +1,7 @@
 //! reno's load generators: a whole topology started (or reached), many devices held on an edge,
 //! events published at a paced rate, and what arrives measured: latency, exactly-once, per-member
-//! order, throughput against raw JetStream publish in the same run, connect storms, memory.
+//! order, throughput against raw JetStream publish in the same run, connect storms, memory, pulls
+//! from a large history.
 
 #![forbid(unsafe_code)]
 
@@ -10,6 +11,9 @@ pub mod fleet;
 pub mod hostile;
 pub mod probe;
 pub mod publish;
+pub mod pull;
+pub mod pull_flood;
+pub mod pull_summary;
 pub mod stats;
 pub mod storm;
 pub mod tally;

@@ -39,6 +39,10 @@ pub struct TopologyArgs {
     /// Extra flags for every `reno worker`, space-separated (e.g. "--threads normal=2")
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub worker_flags: String,
+    /// Extra environment for every reno process this run starts (own topology only): a
+    /// subcommand's own settings, such as the pull run's stream limits.
+    #[arg(skip)]
+    pub env: Vec<(String, String)>,
 }
 
 /// Which of reno's processes a run needs.
@@ -60,10 +64,14 @@ pub struct Topology {
     pub secrets: PathBuf,
     edge_monitor: Option<String>,
     reno: PathBuf,
+    /// Extra environment for reno's processes (see [`TopologyArgs::env`]).
+    env: Vec<(String, String)>,
     /// reno's processes started by this run, killed on drop.
     processes: Vec<Process>,
     /// Of those, the workers: index into `processes` and admin port.
     workers: Vec<(usize, u16)>,
+    /// Of those, the pull service: index into `processes`.
+    pull_service: Option<usize>,
     /// reno's own account on the hub.
     pub client: async_nats::Client,
     pub jetstream: jetstream::Context,
@@ -102,8 +110,10 @@ impl Topology {
             secrets,
             edge_monitor,
             reno: args.reno.clone(),
+            env: args.env.clone(),
             processes: Vec::new(),
             workers: Vec::new(),
+            pull_service: None,
         };
         if topology.cluster.is_some() {
             topology.start_reno(args, needs).await?;
@@ -135,6 +145,7 @@ impl Topology {
             bail!("reno provision failed: {}", String::from_utf8_lossy(&output.stderr));
         }
         self.processes.push(Process::spawn(self.reno_command(&["pull-service", "--admin-addr", "off"]))?);
+        self.pull_service = Some(self.processes.len() - 1);
         for _ in 0..args.workers {
             self.start_worker(&args.worker_flags)?;
         }
@@ -158,7 +169,8 @@ impl Topology {
             .env("RENO_NATS_URL", &self.hub_url)
             .env("RENO_DEVICE_CA", self.secrets.join("ca.pem"))
             .env("RENO_REGISTRY_PATH", repo_root().join("registry/events.toml"))
-            .env("RENO_LOG_LEVEL", "warn");
+            .env("RENO_LOG_LEVEL", "warn")
+            .envs(self.env.iter().map(|(key, value)| (key, value)));
         command
     }
 
@@ -297,6 +309,11 @@ impl Topology {
     /// The process ids of the workers this run started.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.workers.iter().map(|(index, _)| self.processes[*index].id()).collect()
+    }
+
+    /// The pull service's process id, when this run started it.
+    pub fn pull_service_pid(&self) -> Option<u32> {
+        self.pull_service.map(|index| self.processes[index].id())
     }
 
     /// The edge's monitoring `/varz` (memory, connections), if the edge's monitor is known.

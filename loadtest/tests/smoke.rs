@@ -1,6 +1,7 @@
 //! The load generators with tiny numbers, in the suite: they run, and what they count is right
-//! (every notification exactly once, in order, every device connected, goose's requests all
-//! answered). Counts, not speed: speed is measured by `loadtest/run-benchmarks`, never asserted.
+//! (every notification exactly once, in order, every device connected, every pulled page whole,
+//! goose's requests all answered). Counts, not speed: speed is measured by
+//! `loadtest/run-benchmarks`, never asserted.
 //!
 //! The `reno` binary belongs to another package, so cargo gives no path to it here: it is taken
 //! from beside `reno-load` in the same target folder (`cargo nextest run --workspace` builds both),
@@ -114,6 +115,50 @@ fn storm_connects_every_device() {
     assert_eq!(summary["failed"], 0, "{summary}");
     assert_eq!(summary["connect"]["count"], 50, "{summary}");
     assert!(summary["edge_connections"].as_u64().unwrap() >= 50, "{summary}");
+    assert_eq!(summary["ok"], true, "{summary}");
+}
+
+#[test]
+fn pull_reads_every_members_whole_history() {
+    let reno = reno_binary();
+    let summary = run_to_end(
+        env!("CARGO_BIN_EXE_reno-load"),
+        &[
+            "pull",
+            "--reno",
+            reno.to_str().unwrap(),
+            "--members",
+            "50",
+            "--entries",
+            "3",
+            "--pulls",
+            "20",
+            "--flood-events",
+            "200",
+            "--flood-pull-rate",
+            "50",
+            "--drain-secs",
+            "60",
+        ],
+    );
+    assert_eq!(summary["history_entries"], 150, "{summary}");
+    assert_eq!(summary["fill"]["documents"], 50, "{summary}");
+    assert_eq!(summary["fill"]["failed"], 0, "{summary}");
+    assert!(summary["fill"]["history_messages"].as_u64().unwrap() >= 50, "{summary}");
+    // Every pull answered with its member's three entries, in order.
+    assert_eq!(summary["pulls"]["latency"]["count"], 20, "{summary}");
+    assert_eq!(summary["pulls"]["failed"], 0, "{summary}");
+    assert_eq!(summary["pulls"]["wrong"], 0, "{summary}");
+    let phases = summary["flood"]["phases"].as_array().expect("the flood's phases");
+    assert_eq!(phases.len(), 3, "{summary}");
+    for phase in phases {
+        assert_eq!(phase["events"], 200, "{summary}");
+        assert_eq!(phase["drained"], true, "{summary}");
+    }
+    let pulls = &phases[1]["pulls"];
+    assert!(pulls["sent"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(pulls["failed"], 0, "{summary}");
+    assert_eq!(pulls["latency"]["count"], pulls["sent"], "{summary}");
     assert_eq!(summary["ok"], true, "{summary}");
 }
 

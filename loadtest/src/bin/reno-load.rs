@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use reno_loadtest::{
-    e2e, hostile, storm,
+    e2e, hostile, pull, storm,
     topology::{Needs, Topology, TopologyArgs},
 };
 
@@ -26,6 +26,9 @@ enum Command {
     Storm(storm::StormArgs),
     /// 64 KiB envelopes of costly CBOR shapes as fast as the workers take them; worker memory
     Hostile(hostile::HostileArgs),
+    /// A history filled with members × entries, then pulls of random members through the pull
+    /// service timed and checked, and the workers' throughput with and without a flood of pulls
+    Pull(pull::PullArgs),
     /// Starts a topology of its own with reno's processes and the HTTP gateway, prints one JSON
     /// line with its addresses (for reno-goose), and holds it until stdin closes or Ctrl-C
     Up(UpArgs),
@@ -86,6 +89,10 @@ fn main() -> Result<()> {
             }
             Command::Hostile(args) => {
                 let summary = hostile::run(&args).await?;
+                (summary.table(), serde_json::to_string(&summary)?, summary.ok)
+            }
+            Command::Pull(args) => {
+                let summary = pull::run(&args).await?;
                 (summary.table(), serde_json::to_string(&summary)?, summary.ok)
             }
             Command::Up(args) => return up(&args).await,
