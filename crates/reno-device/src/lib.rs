@@ -2,6 +2,9 @@
 //! member and device type, pulls what it missed since its cursor on start, after every reconnect and
 //! whenever the app asks (lifecycle points), drops what arrives twice by push and pull, and hands the
 //! app one stream of notifications. Push is best effort; pull makes it reliable.
+//!
+//! May touch: NATS, only the device's own subjects: its push subject, its pull subject and its
+//! presence subject (an edge allows a device nothing else).
 
 #![forbid(unsafe_code)]
 

@@ -1,6 +1,7 @@
 //! The event model of reno, with no IO: the envelope services publish, the notification devices
-//! receive, a member's history as stored, the event-type registry, the subject scheme and the CBOR codec with its limits. Everything
-//! that decides whether an event is valid and where it goes lives here, tested without a server.
+//! receive, a member's history as stored, the event-type registry, the subject scheme and the CBOR
+//! codec with its limits. Everything that decides whether an event is valid and where it goes lives
+//! here, tested without a server.
 
 #![forbid(unsafe_code)]
 

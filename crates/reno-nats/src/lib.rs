@@ -1,6 +1,7 @@
 //! The NATS side of reno that every process shares: provisioning the JetStream topology from the
 //! registry (streams per priority, dead letters, the history bucket, durable consumers), the registry
-//! where every process sees it, connecting, the server's clock, live tracing of one member, and the publisher API services use. It may talk to NATS; it holds no pipeline logic.
+//! where every process sees it, connecting, the server's clock, live tracing of one member, and the
+//! publisher API services use. It may talk to NATS; it holds no pipeline logic.
 
 #![forbid(unsafe_code)]
 

@@ -27,7 +27,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Everything for a local run in one process: provision, then run the workers and the pull service.
+    /// Everything for a local run in one process: provision, then run the workers, the pull service and
+    /// the presence tracker (and, with device token keys configured, the authorization service and
+    /// the HTTP gateway).
     Up(UpArgs),
     /// Create or update the streams, consumers and history bucket from the registry (idempotent).
     Provision(ProvisionArgs),

@@ -1,6 +1,9 @@
 //! The `reno` binary: parses the command line, starts tracing and metrics, waits for signals, and
 //! hands over to the library `run` of each part (provisioning, worker, pull service, publisher,
 //! device). Nothing here decides anything about events.
+//!
+//! May touch: whatever the subcommand run needs, through the crates it calls; itself only the
+//! configuration (file, environment, flags), the admin listener (metrics, health) and signals.
 
 #![forbid(unsafe_code)]
 

@@ -85,7 +85,7 @@ export class RenoDevice {
       pullTimeoutMs: 10_000,
       retryMs: 1_000,
       routineCatchUpMs: 600_000,
-      presenceIntervalMs: 30_000,
+      presenceIntervalMs: 20_000,
       lifecycle: true,
       onEvent() {},
       onPosition() {},
