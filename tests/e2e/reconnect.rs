@@ -47,6 +47,14 @@ async fn a_device_cut_off_the_network_catches_up_on_reconnect() {
         received.insert(next_notification(&mut tv).await.id.to_string());
     }
     assert_eq!(received, missed);
+    // The spy reconnects on a backoff of its own: wait until it is back and subscribed again.
+    within("spy reconnects", async {
+        while spy_client.connection_state() != async_nats::connection::State::Connected {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        spy_client.flush().await.unwrap();
+    })
+    .await;
     let after = event("my_list_updated", "uma", text("after"));
     stack.publisher().publish(&after).await.unwrap();
     assert_eq!(next_notification(&mut tv).await.id, after.id);
