@@ -184,6 +184,25 @@ mod tests {
     }
 
     #[test]
+    fn a_document_over_the_limit_is_refused_before_it_is_parsed() {
+        // A valid document whose encoding is over the limit (the fuzz target's inputs stay small).
+        let history = MemberHistory {
+            entries: (1..=20).map(|seq| entry(seq, seq, &["tv"], 60 * 1024)).collect(),
+            ..Default::default()
+        };
+        let bytes = history.encode();
+        assert!(bytes.len() > MAX_DOCUMENT_BYTES);
+        assert_eq!(
+            MemberHistory::decode(&bytes),
+            Err(DecodeError::TooLarge { size: bytes.len(), max: MAX_DOCUMENT_BYTES })
+        );
+        // At the limit, the same kind of document reads back.
+        let fits = MemberHistory { entries: history.entries[..12].to_vec(), ..Default::default() };
+        assert!(fits.encode().len() <= MAX_DOCUMENT_BYTES);
+        assert_eq!(MemberHistory::decode(&fits.encode()).unwrap(), fits);
+    }
+
+    #[test]
     fn the_last_write_takes_the_documents_position() {
         let mut history = MemberHistory {
             entries: vec![entry(7, 70, &["tv"], 1), entry(0, 0, &["tv"], 1)],
