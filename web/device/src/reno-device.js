@@ -159,7 +159,7 @@ export class RenoDevice {
   // when it gives up (its connection closes), a new one is made here.
   async #connectLoop() {
     const o = this.#options;
-    let failures = 0; // consecutive failed connects: the wait doubles up to 30 s (a wrong token)
+    let failures = 0; // consecutive failed connects: the wait doubles up to 30 s (a wrong token), with jitter
     while (!this.#closed) {
       let nc;
       try {
@@ -180,7 +180,9 @@ export class RenoDevice {
       } catch (error) {
         this.#report(error);
         this.#setStatus(this.#everConnected ? 'offline' : 'connecting', { error });
-        await sleep(Math.min(o.retryMs * 2 ** failures, 30_000));
+        // With jitter (0.5 to 1.5 times the wait), so that devices refused together in a reconnect
+        // storm do not come back together.
+        await sleep(Math.min(o.retryMs * 2 ** failures, 30_000) * (0.5 + Math.random()));
         failures += 1;
         continue;
       }
