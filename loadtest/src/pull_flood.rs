@@ -1,8 +1,10 @@
 //! The flood of the pull run: events published through the workers as fast as they take them, in
-//! three phases of the same size: without pulls, with pulls of random members at a fixed rate, and
-//! without again. The workers' throughput with pulls is compared with the mean of the two phases
-//! around it, which cancels a drift that is linear in time (the members' documents grow with
-//! every phase, the machine's other work comes and goes).
+//! three phases of the same size: without pulls, with pulls of random filled members at a fixed
+//! rate, and without again. Each event is for a member of its own, outside the filled ones, so
+//! that every phase costs the workers the same (one new document per event) and the filled
+//! documents the pulls read do not change (every pulled page is checked). The workers' throughput
+//! with pulls is compared with the mean of the two phases around it, which cancels a drift that is
+//! linear in time (the machine's other work comes and goes).
 
 use std::{
     sync::Arc,
@@ -56,10 +58,10 @@ fn cpu_now(topology: &Topology) -> [f64; 4] {
 pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Flood> {
     let run = nuid::next().to_string();
     let event_type = EventType::new(EVENT_TYPE).expect("an event type");
-    let padding = padding_for(puller.members - 1, plan.payload_bytes);
+    // The flood's members come after the filled ones: `members + global index`.
+    let padding = padding_for(puller.members, plan.payload_bytes);
     let mut phases = Vec::new();
     for (number, (label, with_pulls)) in PHASES.into_iter().enumerate() {
-        // Events go round robin over the filled members, continuing across phases.
         let first = number as u64 * plan.events;
         let members = u64::from(puller.members);
         let cpu_before = cpu_now(topology);
@@ -70,7 +72,7 @@ pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Fl
         let limit = Limit { count: plan.events, duration: Duration::from_secs(24 * 3600) };
         let published = publish::publish(&topology.jetstream, Rate::Max, limit, plan.window, |index| {
             let global = first + index;
-            let member_index = (global % members) as u32;
+            let member_index = u32::try_from(members + global).expect("fewer than 2^32 members");
             let envelope = Envelope {
                 id: EventId::new(format!("{run}-{global}")).expect("an event id token"),
                 event_type: event_type.clone(),
@@ -182,8 +184,7 @@ async fn paced_pulls(puller: Arc<Puller>, rate: f64, seed: u64, mut stop: watch:
         while sent < due {
             let puller = puller.clone();
             let member = picker.next(puller.members);
-            // Documents grow during the flood: only that the page is a page is checked here.
-            tasks.spawn(async move { puller.pull(member, false).await });
+            tasks.spawn(async move { puller.pull(member).await });
             sent += 1;
         }
         while let Some(result) = tasks.try_join_next() {
