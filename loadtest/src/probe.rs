@@ -49,6 +49,15 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Sums the samples of a counter named `name` whose labels include `label` (for example
+/// `outcome="delivered"`).
+pub fn metric_sum_with(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with('{') && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A process's resident memory now and at its peak, in KiB (`VmRSS`, `VmHWM`).
 pub fn process_memory_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

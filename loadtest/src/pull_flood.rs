@@ -65,6 +65,7 @@ pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Fl
         let first = number as u64 * plan.events;
         let members = u64::from(puller.members);
         let cpu_before = cpu_now(topology);
+        let delivered_before = topology.workers_delivered();
         let (stop, stopped) = watch::channel(false);
         let load = with_pulls.then(|| {
             tokio::spawn(paced_pulls(Arc::new(puller.clone()), plan.pull_rate, now_us() + first, stopped))
@@ -100,6 +101,21 @@ pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Fl
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // The counters follow the acks closely: give them a moment to reach the events published.
+        let counted_by = Instant::now() + Duration::from_secs(5);
+        let delivered = loop {
+            let delivered = match (delivered_before, topology.workers_delivered()) {
+                (Some(before), Some(now)) => Some(now.saturating_sub(before)),
+                _ => None,
+            };
+            if drained.is_none()
+                || delivered.is_none_or(|count| count >= published.acked)
+                || Instant::now() > counted_by
+            {
+                break delivered;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let _ = stop.send(true);
         let pulls = match load {
             Some(load) => Some(load.await.context("the pulls")?),
@@ -119,6 +135,7 @@ pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Fl
             events: published.acked,
             publish_failed: published.failed,
             drained: drained.is_some(),
+            delivered,
             secs: round(secs, 3),
             events_per_sec: round(published.acked as f64 / secs.max(1e-9), 1),
             cpu_us_per_event: CpuPerEvent {
@@ -143,6 +160,7 @@ pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Fl
     let (without, with) = (rate(false), rate(true));
     let ok = phases.iter().all(|phase| {
         phase.drained
+            && phase.delivered.is_none_or(|count| count == phase.events)
             && phase.publish_failed == 0
             && phase.events == plan.events
             && phase.pulls.as_ref().is_none_or(|pulls| pulls.failed == 0)

@@ -80,6 +80,9 @@ pub struct Phase {
     pub publish_failed: u64,
     /// The priority streams were empty before the deadline.
     pub drained: bool,
+    /// Events the workers counted as delivered in the phase (own topology only): every event
+    /// published, or the phase is not ok (a dead-lettered or stale event also leaves the streams).
+    pub delivered: Option<u64>,
     /// From the first publish until the priority streams were empty.
     pub secs: f64,
     pub events_per_sec: f64,

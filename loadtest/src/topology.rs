@@ -306,6 +306,22 @@ impl Topology {
         Ok(true)
     }
 
+    /// Events the workers this run started have delivered so far (`reno_worker_events_total` with
+    /// `outcome="delivered"`, summed); none for a running topology or when a worker cannot be read.
+    pub fn workers_delivered(&self) -> Option<u64> {
+        if self.workers.is_empty() {
+            return None;
+        }
+        self.workers
+            .iter()
+            .map(|(_, port)| {
+                probe::http_get(&format!("127.0.0.1:{port}"), "/metrics").map(|(_, text)| {
+                    probe::metric_sum_with(&text, "reno_worker_events_total", "outcome=\"delivered\"") as u64
+                })
+            })
+            .sum()
+    }
+
     /// The process ids of the workers this run started.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.workers.iter().map(|(index, _)| self.processes[*index].id()).collect()

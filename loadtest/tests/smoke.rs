@@ -154,6 +154,7 @@ fn pull_reads_every_members_whole_history() {
     for phase in phases {
         assert_eq!(phase["events"], 200, "{summary}");
         assert_eq!(phase["drained"], true, "{summary}");
+        assert_eq!(phase["delivered"], 200, "{summary}");
     }
     let pulls = &phases[1]["pulls"];
     assert!(pulls["sent"].as_u64().unwrap() > 0, "{summary}");
