@@ -13,16 +13,17 @@ pub fn is_token(text: &str) -> bool {
         && text.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
 }
 
-/// Levels of arrays, maps and tags in a value, as the decoder's nesting limit counts them (0 for a
-/// scalar). A bignum (tag 2 or 3 on a byte string) is one number to the decoder, read in one step,
-/// so it adds no level.
+/// Levels of arrays, maps and tags in a value, as the decoder's nesting limit counts them in the
+/// value's own encoding (0 for a scalar). A bignum (tag 2 or 3 on a byte string of at most 16
+/// bytes) is one number to the decoder, read in one step, so it adds no level; on a longer byte
+/// string the tag is read as a tag, one level.
 pub fn depth(value: &Value) -> usize {
     match value {
         Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
         Value::Map(entries) => {
             1 + entries.iter().map(|(key, item)| depth(key).max(depth(item))).max().unwrap_or(0)
         }
-        Value::Tag(2 | 3, inner) if matches!(**inner, Value::Bytes(_)) => 0,
+        Value::Tag(2 | 3, inner) if matches!(&**inner, Value::Bytes(bytes) if bytes.len() <= 16) => 0,
         Value::Tag(_, inner) => 1 + depth(inner),
         _ => 0,
     }
