@@ -12,8 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use async_nats::HeaderMap;
-use reno_model::{DeviceType, Envelope, EventId, EventType, MemberId, subject};
+use reno_model::{DeviceType, Envelope, EventId, EventType, MemberId};
 use tokio::sync::{mpsc, watch};
 
 pub use crate::e2e_summary::{CpuPerEvent, E2eSummary, KillReport};
@@ -183,13 +182,7 @@ pub async fn run(args: &E2eArgs, scenario: &'static str) -> Result<E2eSummary> {
         let probe = Probe { member, index: *slot, sent_us: now_us() };
         *slot += 1;
         let envelope = envelope(index, probe);
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", envelope.dedup_id().as_str());
-        Outgoing {
-            subject: subject::event_subject(&envelope.event_type, &envelope.member),
-            headers,
-            payload: envelope.encode().into(),
-        }
+        Outgoing::event(&envelope)
     })
     .await;
     let expected: u64 =

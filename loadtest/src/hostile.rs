@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use async_nats::HeaderMap;
 use reno_model::{Envelope, EventId, EventType, MemberId, Value, codec::MAX_EVENT_BYTES, subject};
 use serde::Serialize;
 
@@ -132,25 +131,11 @@ pub async fn run(args: &HostileArgs) -> Result<HostileSummary> {
             let member = &members[(index % members.len() as u64) as usize];
             let shape = SHAPES[(index % SHAPES.len() as u64) as usize];
             let envelope = envelope(shape, &event_type, member, format!("{run}-{index}"));
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", envelope.dedup_id().as_str());
-            Outgoing {
-                subject: subject::event_subject(&envelope.event_type, &envelope.member),
-                headers,
-                payload: envelope.encode().into(),
-            }
+            Outgoing::event(&envelope)
         },
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs_f64(args.drain_secs);
-    let mut finished = false;
-    while Instant::now() < deadline {
-        if topology.pipeline_idle().await.unwrap_or(false) {
-            finished = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let finished = topology.wait_until_idle(Duration::from_secs_f64(args.drain_secs)).await.is_some();
     let secs = started.elapsed().as_secs_f64();
     let mut dead = topology.jetstream.get_stream(subject::DEAD_LETTER_STREAM).await?;
     let dead_letters = dead.info().await?.state.messages;

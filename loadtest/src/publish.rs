@@ -9,6 +9,7 @@ use std::{
 
 use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
+use reno_model::{Envelope, subject};
 use tokio::sync::mpsc;
 
 /// How fast to publish.
@@ -46,6 +47,19 @@ pub struct Outgoing {
     pub subject: String,
     pub headers: HeaderMap,
     pub payload: Bytes,
+}
+
+impl Outgoing {
+    /// An event as a service publishes it: on its event subject, with its scoped `Nats-Msg-Id`.
+    pub fn event(envelope: &Envelope) -> Outgoing {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", envelope.dedup_id().as_str());
+        Outgoing {
+            subject: subject::event_subject(&envelope.event_type, &envelope.member),
+            headers,
+            payload: envelope.encode().into(),
+        }
+    }
 }
 
 /// What a publishing run did.

@@ -12,8 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use async_nats::HeaderMap;
-use reno_model::{Envelope, EventId, EventType, MemberId, subject};
+use reno_model::{Envelope, EventId, EventType, MemberId};
 use tokio::{sync::watch, task::JoinSet};
 
 pub use crate::pull_summary::{CpuPerEvent, Flood, Phase, PullLoad};
@@ -83,24 +82,11 @@ pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Fl
                 targets: Some(vec![puller.device_type.clone()]),
                 collapse_key: None,
             };
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", envelope.dedup_id().as_str());
-            Outgoing {
-                subject: subject::event_subject(&envelope.event_type, &envelope.member),
-                headers,
-                payload: envelope.encode().into(),
-            }
+            Outgoing::event(&envelope)
         })
         .await;
         let deadline = Instant::now() + plan.drain;
-        let mut drained = None;
-        while Instant::now() < deadline {
-            if topology.pipeline_idle().await.unwrap_or(false) {
-                drained = Some(Instant::now());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let drained = topology.wait_until_idle(plan.drain).await;
         // The counters follow the acks closely: give them a moment to reach the events published.
         let counted_by = Instant::now() + Duration::from_secs(5);
         let delivered = loop {

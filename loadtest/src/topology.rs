@@ -322,6 +322,19 @@ impl Topology {
             .sum()
     }
 
+    /// Waits until the priority streams are empty, at most `patience`; the moment they were, or
+    /// none if they never were.
+    pub async fn wait_until_idle(&self, patience: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            if self.pipeline_idle().await.unwrap_or(false) {
+                return Some(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// The process ids of the workers this run started.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.workers.iter().map(|(index, _)| self.processes[*index].id()).collect()
