@@ -8,6 +8,7 @@
 pub mod e2e;
 pub mod e2e_summary;
 pub mod fleet;
+pub mod floor;
 pub mod hostile;
 pub mod probe;
 pub mod publish;

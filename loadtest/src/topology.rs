@@ -52,6 +52,8 @@ pub enum Needs {
     Pipeline,
     /// Only the authorization service: devices connect, nothing is published.
     Authorization,
+    /// None of reno's processes: the run brings its own streams and clients.
+    Hub,
 }
 
 /// A running topology and the reno processes this run started in it.
@@ -127,6 +129,9 @@ impl Topology {
     }
 
     async fn start_reno(&mut self, args: &TopologyArgs, needs: Needs) -> Result<()> {
+        if needs == Needs::Hub {
+            return Ok(());
+        }
         if !self.reno.exists() {
             bail!(
                 "no reno binary at {} (build it: cargo build --release --bin reno, or pass --reno)",

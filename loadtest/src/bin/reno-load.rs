@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use reno_loadtest::{
-    e2e, hostile, pull, storm,
+    e2e, floor, hostile, pull, storm,
     topology::{Needs, Topology, TopologyArgs},
 };
 
@@ -29,6 +29,9 @@ enum Command {
     /// A history filled with members × entries, then pulls of random members through the pull
     /// service timed and checked, and the workers' throughput with and without a flood of pulls
     Pull(pull::PullArgs),
+    /// The JetStream work an event cannot do without (queue, document write, read, push) on the
+    /// hub with plain clients and none of reno's code: the highest ratio to raw publish reachable
+    Floor(floor::FloorArgs),
     /// Starts a topology of its own with reno's processes and the HTTP gateway, prints one JSON
     /// line with its addresses (for reno-goose), and holds it until stdin closes or Ctrl-C
     Up(UpArgs),
@@ -93,6 +96,10 @@ fn main() -> Result<()> {
             }
             Command::Pull(args) => {
                 let summary = pull::run(&args).await?;
+                (summary.table(), serde_json::to_string(&summary)?, summary.ok)
+            }
+            Command::Floor(args) => {
+                let summary = floor::run(&args).await?;
                 (summary.table(), serde_json::to_string(&summary)?, summary.ok)
             }
             Command::Up(args) => return up(&args).await,
