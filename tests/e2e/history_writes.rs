@@ -155,3 +155,57 @@ async fn partition_of(stream: &mut async_nats::jetstream::stream::Stream, member
     let (stored, _) = subjects.into_iter().find(|(subject, _)| subject.ends_with(&suffix)).unwrap();
     stored.split('.').nth(2).unwrap().parse().unwrap()
 }
+
+/// Reads of members' documents the spy saw (direct gets on the history bucket's stream), once the
+/// connection has been quiet for a moment.
+async fn reads_seen(spy: &mut async_nats::Subscriber) -> usize {
+    let mut reads = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), spy.next()).await {
+        reads += 1;
+    }
+    reads
+}
+
+#[tokio::test]
+async fn a_members_next_event_is_written_without_a_read_and_a_document_moved_on_is_read_again() {
+    let mut stack = Stack::start_with(Some(REGISTRY), &[]).await;
+    // Every read of a document is a direct get on the bucket's stream, seen by a spy in reno's account.
+    let mut spy =
+        stack.client.subscribe(format!("$JS.API.DIRECT.GET.{}.>", subject::history_stream())).await.unwrap();
+    stack.client.flush().await.unwrap();
+    let worker = stack.start_worker(&[]);
+    let publisher = stack.publisher();
+    let delivered = |count| {
+        stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], count)
+    };
+
+    let first = event("lasting", "kira", text("first"));
+    publisher.publish(&first).await.unwrap();
+    delivered(1).await;
+    assert_eq!(reads_seen(&mut spy).await, 1, "the member's first event reads its document");
+
+    let second = event("lasting", "kira", text("second"));
+    publisher.publish(&second).await.unwrap();
+    delivered(2).await;
+    assert_eq!(reads_seen(&mut spy).await, 0, "the next one writes on top of the document it wrote");
+
+    // Another writer moves the document on: the high priority's pipeline, which keeps its own.
+    let mut plan = event("plan_changed", "kira", text("premium"));
+    plan.collapse_key = Some(CollapseKey::new("plan").unwrap());
+    publisher.publish(&plan).await.unwrap();
+    delivered(3).await;
+    assert_eq!(reads_seen(&mut spy).await, 1, "the high priority had no document of kira yet");
+
+    let third = event("lasting", "kira", text("third"));
+    publisher.publish(&third).await.unwrap();
+    delivered(4).await;
+    assert_eq!(reads_seen(&mut spy).await, 1, "the refused write made the normal priority read it again");
+
+    let bucket = stack.jetstream.get_key_value(subject::HISTORY_BUCKET).await.unwrap();
+    let stored = bucket.get("kira").await.unwrap().expect("kira's document");
+    let history = MemberHistory::decode(&stored).unwrap();
+    let ids: Vec<_> = history.entries.iter().map(|entry| entry.id.clone()).collect();
+    assert_eq!(ids, [first.id, second.id, plan.id, third.id], "nothing lost, in the order written");
+    let seqs: Vec<u64> = history.entries.iter().map(|entry| entry.seq).collect();
+    assert!(seqs[..3].windows(2).all(|pair| pair[0] < pair[1]) && seqs[3] == 0, "{seqs:?}");
+}

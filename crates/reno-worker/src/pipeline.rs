@@ -45,7 +45,38 @@ pub(crate) struct Pipeline {
     pub tracer: reno_nats::Tracer,
     /// Events delivered recently (`type:member:id`): spares the history a round trip for repeats.
     pub delivered_ids: moka::sync::Cache<String, ()>,
+    /// Members' documents as this priority last wrote them, by member: the member's next event
+    /// writes on top of it without reading it first (see [`Document`]).
+    pub documents: moka::sync::Cache<MemberId, Arc<Document>>,
     pub max_deliveries: i64,
+}
+
+/// A member's document as this worker wrote it. It is where the member's history stands unless
+/// another writer moved it on since (another priority's worker, another worker that took the
+/// partition over, an operator's delete, its expiry); the next write is conditional on its
+/// revision, so a document moved on is found out by the server's refusal and read again. Kept as
+/// the bytes stored, so that what it weighs is what it holds.
+pub(crate) struct Document {
+    revision: u64,
+    /// When it was written, by this worker's reading of the server's clock: the time of the
+    /// entries that write added (the server's own stamp is not in its answer).
+    written_ms: u64,
+    encoded: Bytes,
+}
+
+impl Document {
+    /// What it counts for against the cache's capacity in bytes.
+    pub(crate) fn weight(&self) -> u32 {
+        u32::try_from(self.encoded.len()).unwrap_or(u32::MAX).saturating_add(64)
+    }
+
+    /// The history it holds, settled as a read of it would be; `None` if it cannot be decoded
+    /// (never expected: this worker encoded it).
+    fn history(&self) -> Option<(u64, MemberHistory)> {
+        let mut history = MemberHistory::decode(&self.encoded).ok()?;
+        history.settle(self.revision, self.written_ms);
+        Some((self.revision, history))
+    }
 }
 
 /// Why handling failed.
@@ -322,34 +353,55 @@ impl Pipeline {
     }
 
     /// Adds the event to its member's history with a compare-and-set on the document, again while
-    /// other writers (other priorities of the member) move it on meanwhile. Returns what it found
-    /// per target device type, the new entries at the revision written.
+    /// other writers (other priorities of the member) move it on meanwhile. Starts from the
+    /// document this priority wrote last for the member, if it still has it, and reads it from the
+    /// history otherwise or when the write is refused. Returns what it found per target device
+    /// type, the new entries at the revision written.
     async fn write(
         &self,
         member: &MemberId,
         incoming: &Entry,
     ) -> Result<Vec<(DeviceType, Written)>, Failure> {
-        for attempt in 0..8u32 {
-            if attempt > 0 {
-                // Another writer moved the document on, or a replica a moment behind answered the
-                // read: give it a few milliseconds.
-                tokio::time::sleep(std::time::Duration::from_millis(1 << attempt.min(6))).await;
-            }
-            let (expected, mut history) = self.read(member).await?.unwrap_or_default();
+        // Taken out while this event is written: one lane at a time handles a member's events in a
+        // priority, and a failed write leaves nothing behind that could be out of date.
+        let mut remembered = self.documents.remove(member).and_then(|document| document.history());
+        let mut reads = 0u32;
+        while reads <= 8 {
+            let from_memory = remembered.is_some();
+            let (expected, mut history) = match remembered.take() {
+                Some(document) => document,
+                None => {
+                    if reads > 0 {
+                        // Another writer moved the document on, or a replica a moment behind
+                        // answered the read: give it a few milliseconds.
+                        tokio::time::sleep(std::time::Duration::from_millis(1 << reads.min(6))).await;
+                    }
+                    reads += 1;
+                    self.read(member).await?.unwrap_or_default()
+                }
+            };
             let mut results = gates::apply(&mut history, incoming.clone());
             if !results.iter().any(|(_, written)| *written == Written::New(0)) {
+                if from_memory {
+                    // Nothing to write is a verdict on the event (a duplicate, superseded): only
+                    // the history itself gives it.
+                    continue;
+                }
                 return Ok(results);
             }
             let now_ms = u64::try_from(self.clock.now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
             let retention_ms = self.history.retention.map(|retention| retention.as_millis() as u64);
             history.prune(now_ms, retention_ms, self.history.max_entries);
-            match self.history.write(member, Bytes::from(history.encode()), expected).await {
+            let encoded = Bytes::from(history.encode());
+            match self.history.write(member, encoded.clone(), expected).await {
                 Ok(revision) => {
                     for (_, written) in &mut results {
                         if *written == Written::New(0) {
                             *written = Written::New(revision);
                         }
                     }
+                    let document = Document { revision, written_ms: now_ms, encoded };
+                    self.documents.insert(member.clone(), Arc::new(document));
                     return Ok(results);
                 }
                 Err(HistoryError::Conflict) => continue,
