@@ -12,6 +12,7 @@
 
 pub mod config;
 mod dead_letter;
+mod documents;
 mod gates;
 #[cfg(test)]
 mod gates_properties;

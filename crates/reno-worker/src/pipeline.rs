@@ -21,6 +21,7 @@ use reno_presence::PresenceView;
 
 use crate::{
     dead_letter::{self, Origin},
+    documents::{Document, Documents},
     gates::{self, Staleness, Written},
     history::{History, HistoryError},
     outcome::{self, Outcome},
@@ -45,38 +46,10 @@ pub(crate) struct Pipeline {
     pub tracer: reno_nats::Tracer,
     /// Events delivered recently (`type:member:id`): spares the history a round trip for repeats.
     pub delivered_ids: moka::sync::Cache<String, ()>,
-    /// Members' documents as this priority last wrote them, by member: the member's next event
-    /// writes on top of it without reading it first (see [`Document`]).
-    pub documents: moka::sync::Cache<MemberId, Arc<Document>>,
+    /// Members' documents as this priority last wrote them: the member's next event is written on
+    /// top of its document without reading it first.
+    pub documents: Documents,
     pub max_deliveries: i64,
-}
-
-/// A member's document as this worker wrote it. It is where the member's history stands unless
-/// another writer moved it on since (another priority's worker, another worker that took the
-/// partition over, an operator's delete, its expiry); the next write is conditional on its
-/// revision, so a document moved on is found out by the server's refusal and read again. Kept as
-/// the bytes stored, so that what it weighs is what it holds.
-pub(crate) struct Document {
-    revision: u64,
-    /// When it was written, by this worker's reading of the server's clock: the time of the
-    /// entries that write added (the server's own stamp is not in its answer).
-    written_ms: u64,
-    encoded: Bytes,
-}
-
-impl Document {
-    /// What it counts for against the cache's capacity in bytes.
-    pub(crate) fn weight(&self) -> u32 {
-        u32::try_from(self.encoded.len()).unwrap_or(u32::MAX).saturating_add(64)
-    }
-
-    /// The history it holds, settled as a read of it would be; `None` if it cannot be decoded
-    /// (never expected: this worker encoded it).
-    fn history(&self) -> Option<(u64, MemberHistory)> {
-        let mut history = MemberHistory::decode(&self.encoded).ok()?;
-        history.settle(self.revision, self.written_ms);
-        Some((self.revision, history))
-    }
 }
 
 /// Why handling failed.
@@ -364,7 +337,7 @@ impl Pipeline {
     ) -> Result<Vec<(DeviceType, Written)>, Failure> {
         // Taken out while this event is written: one lane at a time handles a member's events in a
         // priority, and a failed write leaves nothing behind that could be out of date.
-        let mut remembered = self.documents.remove(member).and_then(|document| document.history());
+        let mut remembered = self.documents.take(member).and_then(|document| document.history());
         let mut reads = 0u32;
         while reads <= 8 {
             let from_memory = remembered.is_some();
@@ -392,7 +365,10 @@ impl Pipeline {
             let now_ms = u64::try_from(self.clock.now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
             let retention_ms = self.history.retention.map(|retention| retention.as_millis() as u64);
             history.prune(now_ms, retention_ms, self.history.max_entries);
-            let encoded = Bytes::from(history.encode());
+            let mut encoded = history.encode();
+            // Kept after the write: no spare capacity from the encoder's growth.
+            encoded.shrink_to_fit();
+            let encoded = Bytes::from(encoded);
             match self.history.write(member, encoded.clone(), expected).await {
                 Ok(revision) => {
                     for (_, written) in &mut results {
@@ -400,8 +376,7 @@ impl Pipeline {
                             *written = Written::New(revision);
                         }
                     }
-                    let document = Document { revision, written_ms: now_ms, encoded };
-                    self.documents.insert(member.clone(), Arc::new(document));
+                    self.documents.keep(member, Document { revision, written_ms: now_ms, encoded });
                     return Ok(results);
                 }
                 Err(HistoryError::Conflict) => continue,

@@ -25,6 +25,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     config::{PoolConfig, WorkerConfig},
+    documents::Documents,
     history::History,
     outcome,
     pipeline::Pipeline,
@@ -196,11 +197,7 @@ async fn run_priority(
                 .max_capacity(config.dedup_capacity)
                 .time_to_live(config.dedup_ttl)
                 .build(),
-            documents: moka::sync::Cache::builder()
-                .max_capacity(config.document_cache_bytes)
-                .weigher(|_, document: &Arc<crate::pipeline::Document>| document.weight())
-                .time_to_idle(DOCUMENT_IDLE)
-                .build(),
+            documents: Documents::new(usize::try_from(config.document_cache_bytes).unwrap_or(usize::MAX)),
             max_deliveries: config.max_deliveries,
         });
         outcome::register(priority);
@@ -229,10 +226,6 @@ async fn run_priority(
     .instrument(span)
     .await
 }
-
-/// A member's document not written for this long is dropped from the cache: its member's events
-/// are rare, and a read costs little then.
-const DOCUMENT_IDLE: Duration = Duration::from_secs(600);
 
 /// How often a priority's partition count is read again.
 const PARTITION_CHECK: Duration = Duration::from_secs(10);
