@@ -236,18 +236,64 @@ def targets(results):
                      f"peak RSS {fmt(peak, 0)} MiB over {fmt(med(hostile, 'events'))} envelopes "
                      f"({fmt(med(hostile, 'events_per_sec'))}/s)",
                      "met" if peak is not None and peak * 1.048576 <= 256 else "**not met**"])
-    small, large = runs(results, "members-1k"), runs(results, "members-1m")
-    if small and large:
+    for suffix, documents in MEMBER_RUNS:
+        small, large = runs(results, f"members-1k{suffix}"), runs(results, f"members-1m{suffix}")
+        if not (small and large):
+            continue
         small_rate, large_rate = med(small, "events_per_sec"), med(large, "events_per_sec")
         change = (large_rate - small_rate) / small_rate if small_rate else None
         small_ratio, large_ratio = med(small, "ratio"), med(large, "ratio")
-        rows.append(["throughput, 1k vs 1M member ids", "within 10%",
+        rows.append([f"throughput, 1k vs 1M member ids ({documents})", "within 10%",
                      f"{fmt(small_rate)} vs {fmt(large_rate)} events/s ({change:+.0%}); of raw in the same run "
-                     f"{fmt(small_ratio, 3)} vs {fmt(large_ratio, 3)}" if change is not None else "–",
+                     f"{fmt(small_ratio, 3)} vs {fmt(large_ratio, 3)}; worker µs/event "
+                     f"{fmt(med(small, 'cpu_us_per_event.workers'))} vs {fmt(med(large, 'cpu_us_per_event.workers'))}, "
+                     f"hub {fmt(med(small, 'cpu_us_per_event.hub'))} vs {fmt(med(large, 'cpu_us_per_event.hub'))}"
+                     if change is not None else "–",
                      "met" if change is not None and abs(change) <= 0.10 else "**not met**"])
+    member_commands = [(f"members-{size}{suffix}", f"{size} member ids, {documents}")
+                       for suffix, documents in MEMBER_RUNS for size in ["1k", "1m"]]
     return table(["target", "wanted", "measured", ""], rows) + commands(
-        results, [("order", "order"), ("kill", "SIGKILLed worker"), ("hostile", "hostile input"),
-                  ("members-1k", "1k member ids"), ("members-1m", "1M member ids")])
+        results, [("order", "order"), ("kill", "SIGKILLed worker"), ("hostile", "hostile input")] + member_commands)
+
+
+MEMBER_RUNS = [("", "documents as they grow"), ("-1entry", "documents of one entry"),
+               ("-1entry-nocache", "documents of one entry, none kept by the worker")]
+
+
+FLOOR_RUNS = [("floor", "one event in flight per partition, as reno's per-member order needs"),
+              ("floor-unordered", "1,000 events in flight per partition (no per-member order)")]
+FLOOR_STEPS = [("queue", "queue: publish, take, ack"), ("write", "+ one document write per event"),
+               ("read_write", "+ read before the write, and a push: all a reno worker does")]
+
+
+def floor(results):
+    rows, named = [], []
+    for name, label in FLOOR_RUNS:
+        found = runs(results, name)
+        if not found:
+            continue
+        named.append((name, label))
+        for step, step_label in FLOOR_STEPS:
+            def step_med(path):
+                values = []
+                for summary in found:
+                    for entry in summary.get("steps", []):
+                        if entry.get("step") == step:
+                            values.append(dig(entry, path))
+                return median(values)
+            complete = sum(1 for summary in found
+                           for entry in summary.get("steps", []) if entry.get("step") == step and entry.get("complete"))
+            rows.append([label, step_label, len(found), fmt(step_med("events_per_sec")), fmt(med(found, "raw_msgs_per_sec")),
+                         fmt(step_med("ratio"), 3), fmt(step_med("hub_cpu_us_per_event"), 1), complete])
+    reno = runs(results, "throughput-1type-30k")
+    if rows and reno:
+        rows.append(["reno itself (the throughput table's one-type run, 30,000 members)", "everything", len(reno),
+                     fmt(med(reno, "events_per_sec")), fmt(med(reno, "raw_msgs_per_sec")), fmt(med(reno, "ratio"), 3),
+                     fmt(med(reno, "cpu_us_per_event.hub"), 1), sum(1 for summary in reno if summary.get("ok"))])
+    if not rows:
+        return "(not run)"
+    return table(["consumers", "work per event", "runs", "events/s", "raw JetStream msgs/s (same run)", "ratio",
+                  "hub CPU µs/event", "runs complete"], rows) + commands(results, named)
 
 
 PULL_RUNS = [("pull-10k", "10k entries"), ("pull-10m", "10M entries"), ("pull-10k-cold", "10k entries"),
@@ -268,7 +314,8 @@ def pull(results):
         latency_rows.append([label, "right after the fill" if not idle else f"after {fmt(idle)} s idle", len(found)]
                             + [fmt(med(found, f"pulls.latency.{key}"), 2)
                                for key in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]]
-                            + [fmt(med(found, "pulls.first_pull_ms"), 1), f"{checked:,} ({wrong:,})",
+                            + [fmt(med(found, "pulls.server_gets.p99_ms"), 2),
+                               fmt(med(found, "pulls.first_pull_ms"), 1), f"{checked:,} ({wrong:,})",
                                fmt(med(found, "fill.documents_per_sec")),
                                fmt((med(found, "fill.history_bytes") or 0) / 1048576),
                                "met" if p99 is not None and p99 <= 5 else "**not met**"])
@@ -296,7 +343,7 @@ def pull(results):
     if not latency_rows:
         return "(not run)"
     text = table(["entries in history", "measured", "runs", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
-                  "first pull ms", "pages checked (wrong or failed)", "fill documents/s", "history MiB",
+                  "the hub's own direct get, p99 ms", "first pull ms", "pages checked (wrong or failed)", "fill documents/s", "history MiB",
                   "p99 ≤ 5 ms"], latency_rows)
     if flood_rows:
         text += "\n\n" + table(["entries in history", "runs", "events per phase", "workers' events/s without pulls",
@@ -343,6 +390,7 @@ def main():
     sections = {
         "machine": machine(results),
         "throughput": throughput(results),
+        "floor": floor(results),
         "latency": latency(results),
         "storm": storm(results),
         "compare": compare(results),

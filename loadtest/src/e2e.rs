@@ -75,6 +75,14 @@ pub struct E2eArgs {
     /// Devices connecting at once while the fleet is set up
     #[arg(long, default_value_t = 64)]
     pub connect_parallel: usize,
+    /// Entries a member's history holds (`streams.history_max_entries`, set at provision; own
+    /// topology only); reno's default without it
+    #[arg(long)]
+    pub history_max_entries: Option<usize>,
+    /// MiB of written documents each priority of a worker keeps (`worker.document_cache_mib`; own
+    /// topology only); reno's default without it
+    #[arg(long)]
+    pub document_cache_mib: Option<u64>,
 }
 
 /// What the processes of the topology have used so far, in CPU seconds.
@@ -106,7 +114,14 @@ pub async fn run(args: &E2eArgs, scenario: &'static str) -> Result<E2eSummary> {
             device_type: ((device / members) as usize) % device_types.len(),
         })
         .collect();
-    let topology = Topology::start(&args.topology, Needs::Pipeline).await?;
+    let mut topology_args = args.topology.clone();
+    if let Some(entries) = args.history_max_entries {
+        topology_args.env.push(("RENO_STREAMS_HISTORY_MAX_ENTRIES".to_owned(), entries.to_string()));
+    }
+    if let Some(mib) = args.document_cache_mib {
+        topology_args.env.push(("RENO_WORKER_DOCUMENT_CACHE_MIB".to_owned(), mib.to_string()));
+    }
+    let topology = Topology::start(&topology_args, Needs::Pipeline).await?;
     let run = nuid::next().to_string();
     let padding = "x".repeat(args.padding);
     let envelope = |index: u64, probe: Probe| Envelope {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
 use reno_model::{
     DeviceType, EventId, EventType, MemberId, PullPage, PullRequest, codec,
@@ -257,11 +257,14 @@ async fn fill(topology: &Topology, args: &PullArgs, device_type: &DeviceType) ->
     })
 }
 
-/// `count` pulls of random members, one at a time, each checked.
-async fn measure(puller: &Puller, count: u32, seed: u64) -> Pulls {
+/// `count` pulls of random members, one at a time, each checked; after each, a direct get of
+/// another random member's document from the hub itself, so that both meet the same caches.
+async fn measure(puller: &Puller, history: &jetstream::stream::Stream, count: u32, seed: u64) -> Pulls {
     let mut histogram = stats::histogram();
+    let mut gets = stats::histogram();
     let mut picker = Picker::new(seed);
     let (mut failed, mut wrong, mut first_error, mut first_pull_ms) = (0u64, 0u64, None, None);
+    let mut gets_failed = 0u64;
     for attempt in 0..count {
         match puller.pull(picker.next(puller.members)).await {
             Ok(latency_us) => {
@@ -280,8 +283,26 @@ async fn measure(puller: &Puller, count: u32, seed: u64) -> Pulls {
                 first_error.get_or_insert(error);
             }
         }
+        let member = MemberId::new(member_name(picker.next(puller.members))).expect("a member token");
+        let started = Instant::now();
+        let got = history.direct_get_last_for_subject(subject::history_subject(&member)).await;
+        let latency_us = started.elapsed().as_micros() as u64;
+        match got.ok().and_then(|message| MemberHistory::decode(&message.payload).ok()) {
+            Some(document) if document.entries.len() == puller.entries as usize => {
+                gets.saturating_record(latency_us.max(1));
+            }
+            _ => gets_failed += 1,
+        }
     }
-    Pulls { latency: Latency::of(&histogram), first_pull_ms, failed, wrong, first_error }
+    Pulls {
+        latency: Latency::of(&histogram),
+        first_pull_ms,
+        failed,
+        wrong,
+        first_error,
+        server_gets: Latency::of(&gets),
+        server_gets_failed: gets_failed,
+    }
 }
 
 pub async fn run(args: &PullArgs) -> Result<PullSummary> {
@@ -307,7 +328,8 @@ pub async fn run(args: &PullArgs) -> Result<PullSummary> {
     let load_at_pulls = probe::loadavg();
     let puller =
         Puller { client: topology.client.clone(), device_type, members: args.members, entries: args.entries };
-    let pulls = measure(&puller, args.pulls, now_us()).await;
+    let history = topology.jetstream.get_stream(subject::history_stream()).await?;
+    let pulls = measure(&puller, &history, args.pulls, now_us()).await;
     let flood = if args.flood_events > 0 {
         let plan = pull_flood::Plan {
             events: args.flood_events,
@@ -322,7 +344,10 @@ pub async fn run(args: &PullArgs) -> Result<PullSummary> {
     };
 
     let filled = fill.failed == 0 && fill.documents == u64::from(args.members);
-    let pulled = pulls.failed == 0 && pulls.wrong == 0 && pulls.latency.count == u64::from(args.pulls);
+    let pulled = pulls.failed == 0
+        && pulls.wrong == 0
+        && pulls.latency.count == u64::from(args.pulls)
+        && pulls.server_gets_failed == 0;
     let flooded = flood.as_ref().is_none_or(|flood| flood.ok);
     Ok(PullSummary {
         scenario: "pull",

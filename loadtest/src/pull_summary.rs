@@ -54,6 +54,11 @@ pub struct Pulls {
     /// A page other than the member's whole history in order.
     pub wrong: u64,
     pub first_error: Option<String>,
+    /// Between the pulls, the hub's own direct get of another random member's document, straight
+    /// from this process (no pull service): what the server alone takes at the same moments.
+    pub server_gets: Latency,
+    /// Direct gets that failed or returned something other than a document.
+    pub server_gets_failed: u64,
 }
 
 /// The workers' throughput with and without a flood of pulls.
@@ -141,6 +146,10 @@ impl PullSummary {
             pulls.first_error.as_ref().map(|error| format!(" ({error})")).unwrap_or_default()
         ));
         text.push_str(&pulls.latency.row("one pull, cursor 0"));
+        text.push('\n');
+        text.push_str(
+            &pulls.server_gets.row(&format!("hub's direct get ({} failed)", pulls.server_gets_failed)),
+        );
         text.push('\n');
         if let Some(flood) = &self.flood {
             for phase in &flood.phases {

@@ -170,6 +170,8 @@ fn pull_reads_every_members_whole_history() {
     assert_eq!(summary["pulls"]["latency"]["count"], 20, "{summary}");
     assert_eq!(summary["pulls"]["failed"], 0, "{summary}");
     assert_eq!(summary["pulls"]["wrong"], 0, "{summary}");
+    assert_eq!(summary["pulls"]["server_gets"]["count"], 20, "{summary}");
+    assert_eq!(summary["pulls"]["server_gets_failed"], 0, "{summary}");
     let phases = summary["flood"]["phases"].as_array().expect("the flood's phases");
     assert_eq!(phases.len(), 3, "{summary}");
     for phase in phases {
