@@ -256,12 +256,11 @@ def targets(results):
         results, [("order", "order"), ("kill", "SIGKILLed worker"), ("hostile", "hostile input")] + member_commands)
 
 
-MEMBER_RUNS = [("", "documents as they grow"), ("-1entry", "documents of one entry"),
-               ("-1entry-nocache", "documents of one entry, none kept by the worker")]
+MEMBER_RUNS = [("", "documents as they grow"), ("-1entry", "documents of one entry")]
 
 
 FLOOR_RUNS = [("floor", "one event in flight per partition, as reno's per-member order needs"),
-              ("floor-unordered", "1,000 events in flight per partition (no per-member order)")]
+              ("floor-unordered", "1,000 events handed out ahead per partition, each lane still taking one at a time (no per-member order across workers)")]
 FLOOR_STEPS = [("queue", "queue: publish, take, ack"), ("write", "+ one document write per event"),
                ("read_write", "+ read before the write, and a push: all a reno worker does")]
 

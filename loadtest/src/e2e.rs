@@ -79,10 +79,6 @@ pub struct E2eArgs {
     /// topology only); reno's default without it
     #[arg(long)]
     pub history_max_entries: Option<usize>,
-    /// MiB of written documents each priority of a worker keeps (`worker.document_cache_mib`; own
-    /// topology only); reno's default without it
-    #[arg(long)]
-    pub document_cache_mib: Option<u64>,
 }
 
 /// What the processes of the topology have used so far, in CPU seconds.
@@ -117,9 +113,6 @@ pub async fn run(args: &E2eArgs, scenario: &'static str) -> Result<E2eSummary> {
     let mut topology_args = args.topology.clone();
     if let Some(entries) = args.history_max_entries {
         topology_args.env.push(("RENO_STREAMS_HISTORY_MAX_ENTRIES".to_owned(), entries.to_string()));
-    }
-    if let Some(mib) = args.document_cache_mib {
-        topology_args.env.push(("RENO_WORKER_DOCUMENT_CACHE_MIB".to_owned(), mib.to_string()));
     }
     let topology = Topology::start(&topology_args, Needs::Pipeline).await?;
     let run = nuid::next().to_string();

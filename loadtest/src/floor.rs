@@ -103,7 +103,8 @@ pub struct StepSummary {
     secs: f64,
     events_per_sec: f64,
     ratio: f64,
-    hub_cpu_us_per_event: f64,
+    /// `None` on a hub this run did not start.
+    hub_cpu_us_per_event: Option<f64>,
     this_process_cpu_us_per_event: f64,
     failures: u64,
     first_failure: Option<String>,
@@ -135,7 +136,7 @@ impl FloorSummary {
                 step.step.label(),
                 step.events_per_sec,
                 step.ratio,
-                step.hub_cpu_us_per_event,
+                step.hub_cpu_us_per_event.unwrap_or(f64::NAN),
                 step.complete
             ));
         }
@@ -204,7 +205,7 @@ async fn run_step(topology: &Topology, args: &FloorArgs, step: Step, payload: By
             retention: RetentionPolicy::WorkQueue,
             discard: DiscardPolicy::New,
             storage: StorageType::File,
-            max_bytes: 512 << 20,
+            max_bytes: 128 << 20,
             duplicate_window: Duration::from_secs(120),
             subject_transform: Some(stream::SubjectTransform {
                 source: format!("{prefix}.e.*"),
@@ -225,7 +226,7 @@ async fn run_step(topology: &Topology, args: &FloorArgs, step: Step, payload: By
             allow_direct: true,
             discard: DiscardPolicy::New,
             storage: StorageType::File,
-            max_bytes: 512 << 20,
+            max_bytes: 128 << 20,
             ..Default::default()
         })
         .await?;
@@ -308,7 +309,7 @@ async fn run_step(topology: &Topology, args: &FloorArgs, step: Step, payload: By
         secs: round(secs, 3),
         events_per_sec: round(done as f64 / secs.max(1e-9), 1),
         ratio: 0.0,
-        hub_cpu_us_per_event: per_event(0),
+        hub_cpu_us_per_event: Some(per_event(0)).filter(|value| value.is_finite()),
         this_process_cpu_us_per_event: per_event(1),
         failures,
         first_failure,
@@ -360,9 +361,10 @@ async fn handle(lanes: &Lanes, message: &jetstream::Message) -> Result<()> {
     Ok(())
 }
 
-/// CPU seconds of the hub and of this process.
+/// CPU seconds of the hub (`NaN` when it is not this run's, so that it shows as unmeasured) and of
+/// this process.
 fn cpu_now(topology: &Topology) -> [f64; 2] {
-    let hub = topology.hub_pid().and_then(probe::process_cpu_secs).unwrap_or(0.0);
+    let hub = topology.hub_pid().and_then(probe::process_cpu_secs).unwrap_or(f64::NAN);
     let own = probe::process_cpu_secs(std::process::id()).unwrap_or(0.0);
     [hub, own]
 }

@@ -287,11 +287,20 @@ async fn measure(puller: &Puller, history: &jetstream::stream::Stream, count: u3
         let started = Instant::now();
         let got = history.direct_get_last_for_subject(subject::history_subject(&member)).await;
         let latency_us = started.elapsed().as_micros() as u64;
-        match got.ok().and_then(|message| MemberHistory::decode(&message.payload).ok()) {
-            Some(document) if document.entries.len() == puller.entries as usize => {
-                gets.saturating_record(latency_us.max(1));
+        let checked = got.map_err(|error| error.to_string()).and_then(|message| {
+            let document = MemberHistory::decode(&message.payload).map_err(|error| error.to_string())?;
+            if document.entries.len() == puller.entries as usize {
+                Ok(())
+            } else {
+                Err(format!("{member}: {} entries in the document", document.entries.len()))
             }
-            _ => gets_failed += 1,
+        });
+        match checked {
+            Ok(()) => gets.saturating_record(latency_us.max(1)),
+            Err(error) => {
+                gets_failed += 1;
+                first_error.get_or_insert(format!("hub's direct get: {error}"));
+            }
         }
     }
     Pulls {

@@ -20,10 +20,6 @@ impl Default for PoolConfig {
     }
 }
 
-/// Documents kept per priority by default: 32 MiB, the latest documents of about 100,000 members
-/// with a few notifications each.
-pub const DEFAULT_DOCUMENT_CACHE_BYTES: u64 = 32 << 20;
-
 /// Everything a worker process runs with.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -39,9 +35,6 @@ pub struct WorkerConfig {
     pub dedup_capacity: u64,
     /// How long an event id is remembered for dedup.
     pub dedup_ttl: Duration,
-    /// Bytes of members' documents, as stored, that each priority keeps after writing them, so
-    /// that the member's next event writes without reading its document first (0: none kept).
-    pub document_cache_bytes: u64,
 }
 
 impl WorkerConfig {
@@ -53,7 +46,6 @@ impl WorkerConfig {
             max_deliveries: 10,
             dedup_capacity: 100_000,
             dedup_ttl: Duration::from_secs(600),
-            document_cache_bytes: DEFAULT_DOCUMENT_CACHE_BYTES,
         }
     }
 }

@@ -12,7 +12,6 @@
 
 pub mod config;
 mod dead_letter;
-mod documents;
 mod gates;
 #[cfg(test)]
 mod gates_properties;

@@ -21,7 +21,6 @@ use reno_presence::PresenceView;
 
 use crate::{
     dead_letter::{self, Origin},
-    documents::{Document, Documents},
     gates::{self, Staleness, Written},
     history::{History, HistoryError},
     outcome::{self, Outcome},
@@ -46,9 +45,6 @@ pub(crate) struct Pipeline {
     pub tracer: reno_nats::Tracer,
     /// Events delivered recently (`type:member:id`): spares the history a round trip for repeats.
     pub delivered_ids: moka::sync::Cache<String, ()>,
-    /// Members' documents as this priority last wrote them: the member's next event is written on
-    /// top of its document without reading it first.
-    pub documents: Documents,
     pub max_deliveries: i64,
 }
 
@@ -326,57 +322,34 @@ impl Pipeline {
     }
 
     /// Adds the event to its member's history with a compare-and-set on the document, again while
-    /// other writers (other priorities of the member) move it on meanwhile. Starts from the
-    /// document this priority wrote last for the member, if it still has it, and reads it from the
-    /// history otherwise or when the write is refused. Returns what it found per target device
-    /// type, the new entries at the revision written.
+    /// other writers (other priorities of the member) move it on meanwhile. Returns what it found
+    /// per target device type, the new entries at the revision written.
     async fn write(
         &self,
         member: &MemberId,
         incoming: &Entry,
     ) -> Result<Vec<(DeviceType, Written)>, Failure> {
-        // Taken out while this event is written: one lane at a time handles a member's events in a
-        // priority, and a failed write leaves nothing behind that could be out of date.
-        let mut remembered = self.documents.take(member).and_then(|document| document.history());
-        let mut reads = 0u32;
-        while reads <= 8 {
-            let from_memory = remembered.is_some();
-            let (expected, mut history) = match remembered.take() {
-                Some(document) => document,
-                None => {
-                    if reads > 0 {
-                        // Another writer moved the document on, or a replica a moment behind
-                        // answered the read: give it a few milliseconds.
-                        tokio::time::sleep(std::time::Duration::from_millis(1 << reads.min(6))).await;
-                    }
-                    reads += 1;
-                    self.read(member).await?.unwrap_or_default()
-                }
-            };
+        for attempt in 0..8u32 {
+            if attempt > 0 {
+                // Another writer moved the document on, or a replica a moment behind answered the
+                // read: give it a few milliseconds.
+                tokio::time::sleep(std::time::Duration::from_millis(1 << attempt.min(6))).await;
+            }
+            let (expected, mut history) = self.read(member).await?.unwrap_or_default();
             let mut results = gates::apply(&mut history, incoming.clone());
             if !results.iter().any(|(_, written)| *written == Written::New(0)) {
-                if from_memory {
-                    // Nothing to write is a verdict on the event (a duplicate, superseded): only
-                    // the history itself gives it.
-                    continue;
-                }
                 return Ok(results);
             }
             let now_ms = u64::try_from(self.clock.now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
             let retention_ms = self.history.retention.map(|retention| retention.as_millis() as u64);
             history.prune(now_ms, retention_ms, self.history.max_entries);
-            let mut encoded = history.encode();
-            // Kept after the write: no spare capacity from the encoder's growth.
-            encoded.shrink_to_fit();
-            let encoded = Bytes::from(encoded);
-            match self.history.write(member, encoded.clone(), expected).await {
+            match self.history.write(member, Bytes::from(history.encode()), expected).await {
                 Ok(revision) => {
                     for (_, written) in &mut results {
                         if *written == Written::New(0) {
                             *written = Written::New(revision);
                         }
                     }
-                    self.documents.keep(member, Document { revision, written_ms: now_ms, encoded });
                     return Ok(results);
                 }
                 Err(HistoryError::Conflict) => continue,

@@ -25,7 +25,6 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     config::{PoolConfig, WorkerConfig},
-    documents::Documents,
     history::History,
     outcome,
     pipeline::Pipeline,
@@ -197,7 +196,6 @@ async fn run_priority(
                 .max_capacity(config.dedup_capacity)
                 .time_to_live(config.dedup_ttl)
                 .build(),
-            documents: Documents::new(usize::try_from(config.document_cache_bytes).unwrap_or(usize::MAX)),
             max_deliveries: config.max_deliveries,
         });
         outcome::register(priority);

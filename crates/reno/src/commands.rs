@@ -398,7 +398,6 @@ async fn worker(config: &Config) -> Result<()> {
 async fn run_worker(config: &Config, stop: &Shutdown) -> Result<()> {
     let mut worker_config = WorkerConfig::new(config.endpoint()?);
     worker_config.max_deliveries = config.worker.max_deliveries;
-    worker_config.document_cache_bytes = config.worker.document_cache_mib.saturating_mul(1 << 20);
     worker_config.pools =
         config.worker.priorities.iter().map(|priority| (*priority, config.pool(*priority))).collect();
     let grace = Duration::from_secs(config.worker.grace_secs);

@@ -136,9 +136,6 @@ pub struct WorkerSection {
     pub max_deliveries: i64,
     /// Seconds to finish in-flight events after SIGTERM before exiting anyway.
     pub grace_secs: u64,
-    /// MiB of members' documents each priority keeps after writing them, so that a member's next
-    /// event writes without reading its document first; 0 for none.
-    pub document_cache_mib: u64,
     /// Where Prometheus scrapes the worker's metrics (`/metrics`); `off` for none. `reno up`
     /// serves everything's metrics here.
     pub admin_addr: AdminAddr,
@@ -296,7 +293,6 @@ impl Default for WorkerSection {
             priorities: Priority::ALL.to_vec(),
             max_deliveries: 10,
             grace_secs: 20,
-            document_cache_mib: reno_worker::config::DEFAULT_DOCUMENT_CACHE_BYTES >> 20,
             admin_addr: AdminAddr(Some(([127, 0, 0, 1], 9464).into())),
             high: pool,
             normal: pool,
