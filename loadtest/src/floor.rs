@@ -12,6 +12,10 @@
 //! - `read_write`: also the read before the write (a direct get of the member's last message), the
 //!   write conditional on it (`Nats-Expected-Last-Subject-Sequence`), and a core publish (the push):
 //!   every server operation a reno worker does for an event.
+//!
+//! `--max-ack-pending` lets each consumer hand out more than one event at a time, and
+//! `--concurrent` handles that many of a lane's events at once, in no order: the most the hub does
+//! for the queue and a write per event when no order is kept at all.
 
 use std::{
     sync::{
@@ -57,6 +61,11 @@ pub struct FloorArgs {
     /// Events each consumer hands out before an ack (reno: 1, for per-member order)
     #[arg(long, default_value_t = 1)]
     pub max_ack_pending: i64,
+    /// Handle a lane's events at once, up to --max-ack-pending of them, in no order: the most the
+    /// hub does with no order to keep (the queue and write steps only; a conditional write would
+    /// race itself)
+    #[arg(long)]
+    pub concurrent: bool,
     /// Bytes of each event and document
     #[arg(long, default_value_t = 200)]
     pub bytes: usize,
@@ -117,6 +126,7 @@ pub struct FloorSummary {
     pub members: u64,
     pub partitions: u16,
     pub max_ack_pending: i64,
+    pub concurrent: bool,
     pub bytes: usize,
     pub raw_msgs_per_sec: f64,
     pub steps: Vec<StepSummary>,
@@ -126,9 +136,14 @@ pub struct FloorSummary {
 impl FloorSummary {
     pub fn table(&self) -> String {
         let mut table = format!(
-            "floor: {} members, {} partitions, max_ack_pending {}, {} B; raw JetStream publish {:.0} msgs/s\n\
+            "floor: {} members, {} partitions, max_ack_pending {}, concurrent {}, {} B; raw JetStream publish {:.0} msgs/s\n\
              step        events/s   ratio  hub µs/event  complete\n",
-            self.members, self.partitions, self.max_ack_pending, self.bytes, self.raw_msgs_per_sec
+            self.members,
+            self.partitions,
+            self.max_ack_pending,
+            self.concurrent,
+            self.bytes,
+            self.raw_msgs_per_sec
         );
         for step in &self.steps {
             table.push_str(&format!(
@@ -162,7 +177,8 @@ pub async fn run(args: &FloorArgs) -> Result<FloorSummary> {
     .context("raw JetStream baseline")?
     .acked_per_sec();
     let mut steps = Vec::new();
-    for step in STEPS {
+    let steps_run: &[Step] = if args.concurrent { &STEPS[..2] } else { &STEPS };
+    for &step in steps_run {
         let mut summary = run_step(&topology, args, step, payload.clone()).await?;
         summary.ratio = if raw > 0.0 { round(summary.events_per_sec / raw, 3) } else { 0.0 };
         eprintln!("{}: {:.0} events/s, ratio {}", step.label(), summary.events_per_sec, summary.ratio);
@@ -174,6 +190,7 @@ pub async fn run(args: &FloorArgs) -> Result<FloorSummary> {
         members: args.members,
         partitions: args.partitions,
         max_ack_pending: args.max_ack_pending,
+        concurrent: args.concurrent,
         bytes: args.bytes,
         raw_msgs_per_sec: round(raw, 1),
         steps,
@@ -256,8 +273,11 @@ async fn run_step(topology: &Topology, args: &FloorArgs, step: Step, payload: By
         failures: AtomicU64::new(0),
         first_failure: std::sync::Mutex::new(None),
     });
-    let workers: Vec<_> =
-        consumers.into_iter().map(|consumer| tokio::spawn(lane(lanes.clone(), consumer))).collect();
+    let concurrency = if args.concurrent { usize::try_from(args.max_ack_pending).unwrap_or(1) } else { 1 };
+    let workers: Vec<_> = consumers
+        .into_iter()
+        .map(|consumer| tokio::spawn(lane(lanes.clone(), consumer, concurrency)))
+        .collect();
 
     let cpu_before = cpu_now(topology);
     let members = args.members;
@@ -316,24 +336,40 @@ async fn run_step(topology: &Topology, args: &FloorArgs, step: Step, payload: By
     })
 }
 
-/// One partition's consumer, one event at a time, as a reno lane takes them.
-async fn lane(lanes: Arc<Lanes>, consumer: PullConsumer) {
+/// One partition's consumer: one event at a time, as a reno lane takes them, or with `concurrency`
+/// above 1 that many at once, in no order.
+async fn lane(lanes: Arc<Lanes>, consumer: PullConsumer, concurrency: usize) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     loop {
         let Ok(mut messages) = consumer.stream().max_messages_per_batch(64).messages().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         while let Some(Ok(message)) = messages.next().await {
-            match handle(&lanes, &message).await {
-                Ok(()) => {
-                    lanes.done.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    lanes.failures.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut first) = lanes.first_failure.lock() {
-                        first.get_or_insert(error.to_string());
-                    }
-                }
+            if concurrency <= 1 {
+                settle(&lanes, &message).await;
+                continue;
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let lanes = lanes.clone();
+            tokio::spawn(async move {
+                settle(&lanes, &message).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Handles one event and counts what came of it.
+async fn settle(lanes: &Lanes, message: &jetstream::Message) {
+    match handle(lanes, message).await {
+        Ok(()) => {
+            lanes.done.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(error) => {
+            lanes.failures.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut first) = lanes.first_failure.lock() {
+                first.get_or_insert(error.to_string());
             }
         }
     }

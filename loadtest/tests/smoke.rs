@@ -123,6 +123,33 @@ fn floor_takes_every_event_and_writes_every_document() {
     assert_eq!(steps[2]["documents"], 40, "{summary}");
     assert!(summary["raw_msgs_per_sec"].as_f64().unwrap() > 0.0, "{summary}");
     assert_eq!(summary["ok"], true, "{summary}");
+
+    // With no order: many handed out ahead and handled at once; the queue and write steps only.
+    let summary = run_to_end(
+        env!("CARGO_BIN_EXE_reno-load"),
+        &[
+            "floor",
+            "--events",
+            "300",
+            "--members",
+            "40",
+            "--partitions",
+            "2",
+            "--max-ack-pending",
+            "50",
+            "--concurrent",
+            "--raw-secs",
+            "0.3",
+        ],
+    );
+    let steps = summary["steps"].as_array().expect("steps");
+    let names: Vec<&str> = steps.iter().map(|step| step["step"].as_str().unwrap()).collect();
+    assert_eq!(names, ["queue", "write"], "{summary}");
+    for step in steps {
+        assert_eq!(step["events"], 300, "{summary}");
+        assert_eq!(step["complete"], true, "{summary}");
+    }
+    assert_eq!(steps[1]["documents"], 40, "{summary}");
 }
 
 #[test]
