@@ -200,12 +200,18 @@ pub async fn run(args: &FloorArgs) -> Result<FloorSummary> {
 
 /// What the lanes of a step share.
 struct Lanes {
+    /// For the document writes.
     jetstream: jetstream::Context,
+    /// For the push, a core publish.
     client: async_nats::Client,
+    /// The documents' stream, for the reads (direct gets).
     documents: stream::Stream,
+    /// `loadtest.floor.<run>`: this step's subjects, apart from any other run's.
     prefix: String,
     step: Step,
+    /// Events handled and acked: the step is over when it reaches the events published.
     done: AtomicU64,
+    /// Events whose handling failed; any makes the step incomplete.
     failures: AtomicU64,
     first_failure: std::sync::Mutex<Option<String>>,
 }
