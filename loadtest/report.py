@@ -259,11 +259,16 @@ def targets(results):
 MEMBER_RUNS = [("", "documents as they grow"), ("-1entry", "documents of one entry")]
 
 
-FLOOR_RUNS = [("floor", "one event in flight per partition, as reno's per-member order needs"),
-              ("floor-unordered", "1,000 events handed out ahead per partition, each lane still taking one at a time (no per-member order across workers)"),
+FLOOR_ORDERED = "one event in flight per partition, as reno's per-member order needs"
+FLOOR_AHEAD = ("1,000 events handed out ahead per partition, each lane still taking one at a time "
+               "(no per-member order across workers)")
+FLOOR_RUNS = [("floor", FLOOR_ORDERED), ("floor-kept", FLOOR_ORDERED),
+              ("floor-unordered", FLOOR_AHEAD), ("floor-unordered-kept", FLOOR_AHEAD),
               ("floor-concurrent", "one partition, 1,000 events handed out ahead and handled at once (no order at all)")]
 FLOOR_STEPS = [("queue", "queue: publish, take, ack"), ("write", "+ one document write per event"),
-               ("read_write", "+ read before the write, and a push: all a reno worker does")]
+               ("read_write", "+ read before the write, and a push: all a reno worker does"),
+               ("kept_write", "queue + a write conditional on the revision kept from the member's last write, and a push, "
+                              "without the read")]
 
 
 def floor(results):

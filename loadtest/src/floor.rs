@@ -13,6 +13,10 @@
 //!   write conditional on it (`Nats-Expected-Last-Subject-Sequence`), and a core publish (the push):
 //!   every server operation a reno worker does for an event.
 //!
+//! - `kept_write` (run only when `--steps` names it): the conditional write on the revision this
+//!   process wrote last for the member, and the push, without the read: what a worker would do if
+//!   it saw every event of its partitions (pinned partitions) and kept the documents it wrote.
+//!
 //! `--max-ack-pending` lets each consumer hand out more than one event at a time, and
 //! `--concurrent` handles that many of a lane's events at once, in no order: the most the hub does
 //! for the queue and a write per event when no order is kept at all.
@@ -66,6 +70,12 @@ pub struct FloorArgs {
     /// race itself)
     #[arg(long)]
     pub concurrent: bool,
+    /// The steps to run, comma-separated (default queue,write,read_write, or queue,write with
+    /// --concurrent); `kept_write` is the
+    /// conditional write on the revision this process wrote last for the member, and the push,
+    /// without the read: what a worker that sees every event of its partitions would do
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Vec<Step>,
     /// Bytes of each event and document
     #[arg(long, default_value_t = 200)]
     pub bytes: usize,
@@ -83,10 +93,11 @@ pub struct FloorArgs {
 /// What each event costs the hub in a step, cumulatively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-enum Step {
+pub enum Step {
     Queue,
     Write,
     ReadWrite,
+    KeptWrite,
 }
 
 impl Step {
@@ -95,10 +106,23 @@ impl Step {
             Step::Queue => "queue",
             Step::Write => "write",
             Step::ReadWrite => "read_write",
+            Step::KeptWrite => "kept_write",
         }
     }
 }
 
+impl std::str::FromStr for Step {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [Step::Queue, Step::Write, Step::ReadWrite, Step::KeptWrite]
+            .into_iter()
+            .find(|step| step.label() == text)
+            .ok_or_else(|| format!("a step is queue, write, read_write or kept_write, not {text:?}"))
+    }
+}
+
+/// The steps run when `--steps` does not name others.
 const STEPS: [Step; 3] = [Step::Queue, Step::Write, Step::ReadWrite];
 
 #[derive(Debug, Clone, Serialize)]
@@ -177,8 +201,18 @@ pub async fn run(args: &FloorArgs) -> Result<FloorSummary> {
     .context("raw JetStream baseline")?
     .acked_per_sec();
     let mut steps = Vec::new();
-    let steps_run: &[Step] = if args.concurrent { &STEPS[..2] } else { &STEPS };
-    for &step in steps_run {
+    let chosen: Vec<Step> = match (args.steps.is_empty(), args.concurrent) {
+        (false, _) => args.steps.clone(),
+        (true, false) => STEPS.to_vec(),
+        (true, true) => STEPS[..2].to_vec(),
+    };
+    let conditional = |step: &Step| matches!(step, Step::ReadWrite | Step::KeptWrite);
+    if args.concurrent && chosen.iter().any(conditional) {
+        bail!(
+            "--concurrent runs the queue and write steps only: conditional writes of one member would race"
+        );
+    }
+    for step in chosen {
         let mut summary = run_step(&topology, args, step, payload.clone()).await?;
         summary.ratio = if raw > 0.0 { round(summary.events_per_sec / raw, 3) } else { 0.0 };
         eprintln!("{}: {:.0} events/s, ratio {}", step.label(), summary.events_per_sec, summary.ratio);
@@ -209,6 +243,8 @@ struct Lanes {
     /// `loadtest.floor.<run>`: this step's subjects, apart from any other run's.
     prefix: String,
     step: Step,
+    /// The revision each member's document was last written at by this step (kept_write).
+    revisions: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Events handled and acked: the step is over when it reaches the events published.
     done: AtomicU64,
     /// Events whose handling failed; any makes the step incomplete.
@@ -275,6 +311,7 @@ async fn run_step(topology: &Topology, args: &FloorArgs, step: Step, payload: By
         documents,
         prefix: prefix.clone(),
         step,
+        revisions: std::sync::Mutex::new(std::collections::HashMap::new()),
         done: AtomicU64::new(0),
         failures: AtomicU64::new(0),
         first_failure: std::sync::Mutex::new(None),
@@ -386,16 +423,28 @@ async fn handle(lanes: &Lanes, message: &jetstream::Message) -> Result<()> {
     let document = format!("{}.d.{member}", lanes.prefix);
     if lanes.step != Step::Queue {
         let mut headers = HeaderMap::new();
-        if lanes.step == Step::ReadWrite {
-            let expected = match lanes.documents.direct_get_last_for_subject(document.as_str()).await {
-                Ok(last) => last.sequence,
-                Err(error) if error.kind() == DirectGetErrorKind::NotFound => 0,
+        let expected = match lanes.step {
+            Step::ReadWrite => match lanes.documents.direct_get_last_for_subject(document.as_str()).await {
+                Ok(last) => Some(last.sequence),
+                Err(error) if error.kind() == DirectGetErrorKind::NotFound => Some(0),
                 Err(error) => return Err(error.into()),
-            };
+            },
+            Step::KeptWrite => {
+                Some(lanes.revisions.lock().ok().and_then(|kept| kept.get(member).copied()).unwrap_or(0))
+            }
+            Step::Queue | Step::Write => None,
+        };
+        if let Some(expected) = expected {
             headers.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());
         }
-        lanes.jetstream.publish_with_headers(document, headers, message.payload.clone()).await?.await?;
-        if lanes.step == Step::ReadWrite {
+        let stored =
+            lanes.jetstream.publish_with_headers(document, headers, message.payload.clone()).await?.await?;
+        if lanes.step == Step::KeptWrite
+            && let Ok(mut kept) = lanes.revisions.lock()
+        {
+            kept.insert(member.to_owned(), stored.sequence);
+        }
+        if expected.is_some() {
             lanes.client.publish(format!("{}.push.{member}", lanes.prefix), message.payload.clone()).await?;
         }
     }

@@ -150,6 +150,31 @@ fn floor_takes_every_event_and_writes_every_document() {
         assert_eq!(step["complete"], true, "{summary}");
     }
     assert_eq!(steps[1]["documents"], 40, "{summary}");
+
+    // The conditional write on the revision kept from the member's last write, without a read.
+    let summary = run_to_end(
+        env!("CARGO_BIN_EXE_reno-load"),
+        &[
+            "floor",
+            "--events",
+            "300",
+            "--members",
+            "40",
+            "--partitions",
+            "2",
+            "--steps",
+            "kept_write",
+            "--raw-secs",
+            "0.3",
+        ],
+    );
+    let steps = summary["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 1, "{summary}");
+    assert_eq!(steps[0]["step"], "kept_write", "{summary}");
+    assert_eq!(steps[0]["events"], 300, "{summary}");
+    assert_eq!(steps[0]["failures"], 0, "every kept revision was the document's: {summary}");
+    assert_eq!(steps[0]["documents"], 40, "{summary}");
+    assert_eq!(steps[0]["complete"], true, "{summary}");
 }
 
 #[test]
