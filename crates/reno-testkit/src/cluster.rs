@@ -17,10 +17,29 @@ pub struct Cluster {
     edges: Vec<NatsServer>,
 }
 
+/// Starts of a topology whose port was taken before its server bound it, before giving up.
+const PORT_RACE_ATTEMPTS: u32 = 3;
+/// What nats-server logs when a port it was given is taken.
+const PORT_TAKEN: &str = "address already in use";
+
 impl Cluster {
     /// Starts `hubs` hub nodes (1, or 3 for a cluster) and `edges` edges, and waits until JetStream
     /// answers and every edge is linked to the hub.
     pub fn start(hubs: usize, edges: usize) -> Result<Self> {
+        // A port picked as free can be taken by another process (tests run in parallel) before the
+        // server binds it: then everything starts again on other ports, a few times.
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(hubs, edges) {
+                Err(error) if attempt < PORT_RACE_ATTEMPTS && format!("{error:#}").contains(PORT_TAKEN) => {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(hubs: usize, edges: usize) -> Result<Self> {
         if hubs != 1 && hubs != 3 {
             bail!("a hub is 1 node or a cluster of 3, not {hubs}");
         }
