@@ -279,19 +279,14 @@ def floor(results):
             continue
         named.append((name, label))
         for step, step_label in FLOOR_STEPS:
-            def step_med(path):
-                values = []
-                for summary in found:
-                    for entry in summary.get("steps", []):
-                        if entry.get("step") == step:
-                            values.append(dig(entry, path))
-                return median(values)
-            if step_med("events_per_sec") is None:
-                continue  # a step this configuration does not run
-            complete = sum(1 for summary in found
-                           for entry in summary.get("steps", []) if entry.get("step") == step and entry.get("complete"))
-            rows.append([label, step_label, len(found), fmt(step_med("events_per_sec")), fmt(med(found, "raw_msgs_per_sec")),
-                         fmt(step_med("ratio"), 3), fmt(step_med("hub_cpu_us_per_event"), 1), complete])
+            # This step's summary in each run; none when this configuration does not run it.
+            entries = [entry for summary in found for entry in summary.get("steps", []) if entry.get("step") == step]
+            if not entries:
+                continue
+            complete = sum(1 for entry in entries if entry.get("complete"))
+            rows.append([label, step_label, len(found), fmt(med(entries, "events_per_sec")),
+                         fmt(med(found, "raw_msgs_per_sec")), fmt(med(entries, "ratio"), 3),
+                         fmt(med(entries, "hub_cpu_us_per_event"), 1), complete])
     reno = runs(results, "throughput-1type-30k")
     if rows and reno:
         rows.append(["reno itself (the throughput table's one-type run, 30,000 members)", "everything", len(reno),

@@ -41,20 +41,24 @@ pub fn dechunk(mut chunked: &[u8]) -> Vec<u8> {
     body
 }
 
+/// The samples of the Prometheus metric named `name` in `text`: each one's line and value.
+fn samples<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    text.lines()
+        .filter(move |line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|line| Some((line, line.rsplit(' ').next()?.parse::<f64>().ok()?)))
+}
+
 /// Sums the samples of a Prometheus counter or gauge named `name` (any labels).
 pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    samples(text, name).map(|(_, value)| value).sum()
 }
 
 /// Sums the samples of a counter named `name` whose labels include `label` (for example
 /// `outcome="delivered"`).
 pub fn metric_sum_with(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with('{') && line.contains(label))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+    samples(text, name)
+        .filter(|(line, _)| line[name.len()..].starts_with('{') && line.contains(label))
+        .map(|(_, value)| value)
         .sum()
 }
 
@@ -85,4 +89,24 @@ pub fn process_cpu_secs(pid: u32) -> Option<f64> {
 /// The machine's load averages and run queue, as `/proc/loadavg` has them: how busy the machine was.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# TYPE reno_worker_events_total counter\n\
+        reno_worker_events_total{outcome=\"delivered\",type=\"a\"} 3\n\
+        reno_worker_events_total{outcome=\"delivered\",type=\"b\"} 4\n\
+        reno_worker_events_total{outcome=\"stale\",type=\"a\"} 5\n\
+        reno_worker_events_total_extra{outcome=\"delivered\"} 100\n\
+        reno_presence_devices_online 7\n";
+
+    #[test]
+    fn sums_the_samples_of_one_metric_with_or_without_a_label() {
+        assert_eq!(metric_sum(TEXT, "reno_worker_events_total"), 12.0);
+        assert_eq!(metric_sum_with(TEXT, "reno_worker_events_total", "outcome=\"delivered\""), 7.0);
+        assert_eq!(metric_sum(TEXT, "reno_presence_devices_online"), 7.0);
+        assert_eq!(metric_sum_with(TEXT, "reno_presence_devices_online", "outcome=\"delivered\""), 0.0);
+    }
 }
