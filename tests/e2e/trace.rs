@@ -16,10 +16,14 @@ fn records(trace: &Process) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn a_trace_follows_one_members_events_live_and_costs_nothing_after() {
     let mut stack = Stack::start().await;
-    let worker = stack.start_all().await;
+    let pull_service = stack.start_pull_service().await;
+    let worker = stack.start_worker(&[]);
     stack.announce("tina", "tv").await;
     let trace = Process::spawn(stack.reno(&["trace", "tina", "--json"])).unwrap();
+    // Each process follows the sessions on its own: both must know this one before the event and
+    // the pull, or the pull's record is never written.
     stack.wait_for_counter(worker, "reno_trace_members", &[], 1).await;
+    stack.wait_for_counter(pull_service, "reno_trace_members", &[], 1).await;
 
     let traced = event("my_list_updated", "tina", text("traced"));
     let other = event("my_list_updated", "ugo", text("not traced"));
