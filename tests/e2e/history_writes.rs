@@ -124,8 +124,13 @@ async fn a_stale_redelivery_is_dropped_unless_an_earlier_attempt_started_it() {
         let consumer: PullConsumer = stream.get_consumer(&subject::worker_consumer(partition)).await.unwrap();
         // Pulled as a worker pulls (the consumer is pinned to one client), then dropped: the pin
         // runs out and goes to the worker started below.
-        let mut pulled =
-            consumer.stream().group(subject::WORKER_GROUP).max_messages_per_batch(1).messages().await.unwrap();
+        let mut pulled = consumer
+            .stream()
+            .group(subject::WORKER_GROUP)
+            .max_messages_per_batch(1)
+            .messages()
+            .await
+            .unwrap();
         held.push(pulled.next().await.unwrap().unwrap());
     }
     assert_ne!(held[0].subject, held[1].subject);

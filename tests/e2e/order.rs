@@ -3,7 +3,7 @@
 //! can change under stored events: events stored before partitions existed, or in partitions a new
 //! count drops, are still delivered.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
@@ -97,14 +97,6 @@ async fn heavy_three_workers_keep_each_members_order() {
             .map(|notification| notification.id.to_string())
             .collect();
         total_inversions += inversions(&expected, &pushed) + inversions(&expected, &stored);
-        if pushed != expected || stored != expected {
-            let unique: std::collections::BTreeSet<&String> = pushed.iter().collect();
-            let rank: BTreeMap<&String, usize> = expected.iter().enumerate().map(|(at, id)| (id, at)).collect();
-            let pushed_ranks: Vec<usize> = pushed.iter().map(|id| rank[id]).collect();
-            let stored_ranks: Vec<usize> = stored.iter().map(|id| rank[id]).collect();
-            eprintln!("LOGS\n{}", stack.logs());
-            eprintln!("DEBUG {member}: unique pushes {} of {}; pushed {pushed_ranks:?}\nstored {stored_ranks:?}", unique.len(), pushed.len());
-        }
         assert_eq!(pushed, expected, "pushes of {member}");
         assert_eq!(stored, expected, "history of {member}");
     }
@@ -114,6 +106,61 @@ async fn heavy_three_workers_keep_each_members_order() {
         let delivered = stack.counter(worker, "reno_worker_events_total", &[("outcome", "delivered")]).await;
         assert!(delivered > 0, "worker {worker} delivered nothing:\n{}", stack.logs());
     }
+}
+
+#[tokio::test]
+async fn heavy_a_worker_joining_while_events_flow_keeps_each_members_order() {
+    const MEMBERS: usize = 12;
+    const ROUNDS: usize = 500;
+    let mut stack = Stack::start_with(None, &["--history-max-entries", "1000"]).await;
+    stack.start_pull_service().await;
+    let mut workers: Vec<usize> = (0..2).map(|_| stack.start_worker(&["--priority", "normal"])).collect();
+    stack.wait_until_pulling("RENO_NORMAL", 2).await;
+    stack.share_partitions(&workers, "my_list_updated", "normal").await;
+    let members: Vec<String> = (0..MEMBERS).map(|index| format!("joined{index}")).collect();
+
+    // Events flow for several seconds; meanwhile a third worker joins, and the first two hand
+    // it partitions while they hold events of them.
+    let mut events = Vec::new();
+    let mut joined = None;
+    let started = tokio::time::Instant::now();
+    for round in 0..ROUNDS {
+        let batch: Vec<Envelope> = members
+            .iter()
+            .map(|member| event("my_list_updated", member, Value::Integer(round.into())))
+            .collect();
+        publish_in_order(&stack, &batch).await;
+        events.extend(batch);
+        if joined.is_none() && started.elapsed() > Duration::from_secs(1) {
+            joined = Some(stack.start_worker(&["--priority", "normal"]));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let joined = joined.expect("the events flowed for more than a second");
+    workers.push(joined);
+    let flowed = started.elapsed();
+
+    for member in &members {
+        let expected: Vec<String> = events
+            .iter()
+            .filter(|event| event.member.as_str() == member)
+            .map(|event| event.id.to_string())
+            .collect();
+        eventually(&format!("every event of {member} in its history"), || async {
+            history(&stack, member, "mobile").await.len() >= ROUNDS
+        })
+        .await;
+        let stored: Vec<String> = history(&stack, member, "mobile")
+            .await
+            .into_iter()
+            .map(|notification| notification.id.to_string())
+            .collect();
+        assert_eq!(inversions(&expected, &stored), 0, "history of {member}");
+        assert_eq!(stored, expected, "history of {member}");
+    }
+    let delivered = stack.counter(joined, "reno_worker_events_total", &[("outcome", "delivered")]).await;
+    println!("{} events over {flowed:?}; the worker that joined delivered {delivered}", events.len());
+    assert!(delivered > 0, "the worker that joined was handed no partition:\n{}", stack.logs());
 }
 
 #[tokio::test]

@@ -182,7 +182,8 @@ impl Stack {
         loop {
             let mut held = Vec::new();
             for worker in workers {
-                let gauge = self.gauge(*worker, "reno_worker_partitions_held", &[("priority", priority)]).await;
+                let gauge =
+                    self.gauge(*worker, "reno_worker_partitions_held", &[("priority", priority)]).await;
                 held.push(gauge.unwrap_or(0.0));
             }
             if held.iter().all(|partitions| *partitions >= 1.0) {

@@ -412,7 +412,10 @@ fn worker_consumer_configs(topology: &Topology, priority: Priority) -> Vec<pull:
 /// out one event at a time to any worker cannot become a pinned one in place (JetStream does not
 /// change a consumer's priority policy), so it is replaced: its unacked events stay in the
 /// work-queue stream and the new consumer hands them out again, before any later event.
-async fn ensure_worker_consumer(stream: &stream::Stream, config: pull::Config) -> Result<(), async_nats::Error> {
+async fn ensure_worker_consumer(
+    stream: &stream::Stream,
+    config: pull::Config,
+) -> Result<(), async_nats::Error> {
     let name = config.durable_name.clone().unwrap_or_default();
     if let Ok(existing) = stream.get_consumer::<pull::Config>(&name).await
         && existing.cached_info().config.priority_policy != config.priority_policy

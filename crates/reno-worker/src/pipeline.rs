@@ -62,7 +62,11 @@ pub(crate) enum Settled {
 impl Settled {
     /// What an outcome leaves the caller to do after `deliveries` attempts.
     fn after(outcome: Outcome, deliveries: i64) -> Self {
-        if outcome == Outcome::Retried { Settled::Retry(gates::retry_delay(deliveries)) } else { Settled::Done }
+        if outcome == Outcome::Retried {
+            Settled::Retry(gates::retry_delay(deliveries))
+        } else {
+            Settled::Done
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! returns; the pins run out and the partitions move to the other workers.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap},
     future::Future,
     panic::AssertUnwindSafe,
     sync::Arc,
@@ -35,8 +35,7 @@ use crate::{
     history::History,
     outcome,
     pipeline::{Pipeline, Settled},
-    roll_call,
-    stream_gauges,
+    roll_call, stream_gauges,
 };
 
 /// Why a worker could not run.
@@ -211,7 +210,7 @@ async fn run_priority(
 
         // Answered while this worker serves the priority: how the workers count each other.
         let answering = roll_call::answer(client.clone(), priority).await;
-        let mut lanes = Lanes { pipeline, progress_every, running: BTreeMap::new() };
+        let mut lanes = Lanes { pipeline, events: stream.clone(), progress_every, running: BTreeMap::new() };
         for consumer in consumers {
             lanes.start(consumer);
         }
@@ -253,6 +252,8 @@ const PARTITION_CHECK: Duration = Duration::from_secs(5);
 /// The lanes of one priority, by consumer name.
 struct Lanes {
     pipeline: Arc<Pipeline>,
+    /// The priority stream, for the order checks.
+    events: jetstream::stream::Stream,
     progress_every: Duration,
     running: BTreeMap<String, Lane>,
 }
@@ -275,7 +276,8 @@ impl Lanes {
         let hand_over = Arc::new(Notify::new());
         let span = info_span!("lane", consumer = name);
         let signals = Signals { stop: stopped, hand_over: hand_over.clone(), pin: pin_sender };
-        let lane = run_partition(self.pipeline.clone(), consumer, signals, self.progress_every);
+        let lane =
+            run_partition(self.pipeline.clone(), consumer, self.events.clone(), signals, self.progress_every);
         self.running.insert(name, Lane { stop, hand_over, pin, task: tokio::spawn(lane.instrument(span)) });
     }
 
@@ -354,7 +356,13 @@ impl Lanes {
 /// after another in the order the partition handed them out; a transient failure is retried in
 /// place, so that no later event of the member overtakes it. Every event held here gets progress
 /// acks while any of them takes long, in stream order (see [`Held::keep_alive`]).
-async fn run_partition(pipeline: Arc<Pipeline>, consumer: PullConsumer, signals: Signals, progress_every: Duration) {
+async fn run_partition(
+    pipeline: Arc<Pipeline>,
+    consumer: PullConsumer,
+    events: jetstream::stream::Stream,
+    signals: Signals,
+    progress_every: Duration,
+) {
     let Signals { mut stop, hand_over, pin } = signals;
     let config = &consumer.cached_info().config;
     let batch = usize::try_from(config.max_ack_pending).unwrap_or(1).clamp(1, PULL_BATCH_MAX);
@@ -363,9 +371,19 @@ async fn run_partition(pipeline: Arc<Pipeline>, consumer: PullConsumer, signals:
     let expires = (config.ack_wait / 2).max(Duration::from_millis(100));
     // Long enough for the pin to run out and go to a worker waiting for it.
     let hand_over_pause = config.priority_timeout + config.ack_wait;
+    // After a new pin, for as long as the previous worker's unacked events may still be coming
+    // back (they run out of their ack wait before the pin could move), every event is checked
+    // against the stream; a redelivery always is.
+    let settling = config.ack_wait * 2;
+    let order = Order { events };
+    let mut checking_until = Instant::now();
     let mut members = Members::default();
     let mut held = Held { events: BTreeMap::new(), pin };
-    let handlers_stop = stop.clone();
+    let lane = LaneContext { pipeline: pipeline.clone(), stop: stop.clone() };
+    let check = |message: &jetstream::Message, checking_until: Instant| {
+        let redelivered = message.info().map_or(true, |info| info.delivered > 1);
+        (redelivered || Instant::now() < checking_until).then_some(&order)
+    };
     let mut keep_alive = tokio::time::interval_at(Instant::now() + progress_every, progress_every);
     'pulls: while !*stop.borrow() {
         let mut messages = match consumer
@@ -389,18 +407,25 @@ async fn run_partition(pipeline: Arc<Pipeline>, consumer: PullConsumer, signals:
             tokio::select! {
                 () = stopped(&mut stop) => break 'pulls,
                 () = hand_over.notified() => break true,
-                Some((member, sequence, _)) = members.running.next() => {
-                    held.settled(sequence);
-                    if let Some(next) = members.next_of(member) {
-                        members.start(&pipeline, next, &handlers_stop);
+                Some(Finished { member, sequence, end }) = members.running.next() => {
+                    match end {
+                        End::Behind(message) => members.put_back(&member, message),
+                        End::Settled | End::Unsettled(_) => held.settled(sequence),
+                    }
+                    if let Some(next) = members.next_of(&member) {
+                        let order = check(&next, checking_until);
+                        members.start(&lane, next, order);
                     }
                 }
                 _ = keep_alive.tick() => held.keep_alive(&pipeline.client, progress_every).await,
                 next = messages.next() => match next {
                     Some(Ok(message)) => {
-                        held.received(&message);
+                        if held.received(&message) {
+                            checking_until = Instant::now() + settling;
+                        }
                         if let Some(message) = members.queue(message) {
-                            members.start(&pipeline, message, &handlers_stop);
+                            let order = check(&message, checking_until);
+                            members.start(&lane, message, order);
                         }
                     }
                     // A failed pull or a pin that moved is not fatal: the stream pulls again.
@@ -435,14 +460,30 @@ struct Signals {
 /// Messages one pull request asks for at most.
 const PULL_BATCH_MAX: usize = 1024;
 
-/// The events of one lane by member: the one being handled and those waiting behind it.
+/// The events of one lane by member: the one being handled and those waiting behind it, in
+/// stream order.
 #[derive(Default)]
 struct Members {
-    /// Per member with an event being handled, its events waiting behind it.
-    waiting: HashMap<String, VecDeque<jetstream::Message>>,
-    /// The events being handled, one per member: each ends with its member, its stream sequence,
-    /// and the message itself when shutdown stopped it before it was settled.
-    running: FuturesUnordered<BoxFuture<'static, (String, u64, Option<jetstream::Message>)>>,
+    /// Per member with an event being handled, its events waiting behind it by stream sequence.
+    waiting: HashMap<String, BTreeMap<u64, jetstream::Message>>,
+    /// The events being handled, one per member.
+    running: FuturesUnordered<BoxFuture<'static, Finished>>,
+}
+
+/// How the handling of one event ended.
+struct Finished {
+    member: String,
+    sequence: u64,
+    end: End,
+}
+
+enum End {
+    /// Acked or terminated.
+    Settled,
+    /// Shutdown stopped it before it was settled.
+    Unsettled(jetstream::Message),
+    /// Not started: an earlier event of its member still waits in the stream.
+    Behind(jetstream::Message),
 }
 
 impl Members {
@@ -451,34 +492,98 @@ impl Members {
         let member = member_token(&message);
         match self.waiting.get_mut(member) {
             Some(waiting) => {
-                waiting.push_back(message);
+                waiting.insert(stream_sequence(&message), message);
                 None
             }
             None => {
-                self.waiting.insert(member.to_owned(), VecDeque::new());
+                self.waiting.insert(member.to_owned(), BTreeMap::new());
                 Some(message)
             }
         }
     }
 
-    /// The member's next event once its last one is settled, or `None` when it has none waiting.
-    fn next_of(&mut self, member: String) -> Option<jetstream::Message> {
-        let next = self.waiting.get_mut(&member).and_then(VecDeque::pop_front);
+    /// The member's next event once its last one is over, or `None` when it has none waiting.
+    fn next_of(&mut self, member: &str) -> Option<jetstream::Message> {
+        let next = self.waiting.get_mut(member).and_then(BTreeMap::pop_first).map(|(_, message)| message);
         if next.is_none() {
-            self.waiting.remove(&member);
+            self.waiting.remove(member);
         }
         next
     }
 
-    fn start(&mut self, pipeline: &Arc<Pipeline>, message: jetstream::Message, stop: &watch::Receiver<bool>) {
-        let (pipeline, stop) = (pipeline.clone(), stop.clone());
+    /// Puts back an event that could not start yet, for the member's next turn.
+    fn put_back(&mut self, member: &str, message: jetstream::Message) {
+        self.waiting.entry(member.to_owned()).or_default().insert(stream_sequence(&message), message);
+    }
+
+    /// Starts handling `message`; first, when `order` says so, makes sure no earlier event of its
+    /// member still waits in the stream.
+    fn start(&mut self, lane: &LaneContext, message: jetstream::Message, order: Option<&Order>) {
+        let (pipeline, stop, order) = (lane.pipeline.clone(), lane.stop.clone(), order.cloned());
         self.running.push(Box::pin(async move {
             let member = member_token(&message).to_owned();
             let sequence = stream_sequence(&message);
-            let unsettled = handle(&pipeline, message, stop).await;
-            (member, sequence, unsettled)
+            if let Some(order) = order
+                && !order.is_first(&message, sequence).await
+            {
+                // Its turn comes again after a moment, or as soon as the earlier event arrives.
+                tokio::time::sleep(BEHIND_RECHECK).await;
+                return Finished { member, sequence, end: End::Behind(message) };
+            }
+            let end = match handle(&pipeline, message, stop).await {
+                Some(message) => End::Unsettled(message),
+                None => End::Settled,
+            };
+            Finished { member, sequence, end }
         }));
     }
+}
+
+/// What every event of a lane is handled with.
+struct LaneContext {
+    pipeline: Arc<Pipeline>,
+    stop: watch::Receiver<bool>,
+}
+
+/// How long an event waits before its member's order is checked again.
+const BEHIND_RECHECK: Duration = Duration::from_millis(20);
+
+/// The check that keeps a member's order across a change of pin: JetStream hands a pinned
+/// consumer's redeliveries out in no reliable order once its pin has moved (it puts a redelivery
+/// it cannot hand out at the back of its queue), so an event is only handled while it is the
+/// earliest event of its member the stream still holds (a work-queue stream holds only events
+/// not yet acked).
+#[derive(Clone)]
+struct Order {
+    events: jetstream::stream::Stream,
+}
+
+impl Order {
+    /// Whether no earlier event of the member waits in the stream. An unreadable answer is a no:
+    /// the event waits and is checked again.
+    async fn is_first(&self, message: &jetstream::Message, sequence: u64) -> bool {
+        let Some(filter) = member_filter(message.subject.as_str()) else { return true };
+        match self.events.get_first_raw_message_by_subject(&filter, 0).await {
+            Ok(first) => first.sequence >= sequence,
+            Err(error)
+                if error.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+            {
+                true
+            }
+            Err(error) => {
+                debug!(%error, "cannot read the member's earliest event; checking again");
+                false
+            }
+        }
+    }
+}
+
+/// The subjects of every event of the member an event's stored subject names, of any type:
+/// `reno.evt.<partition>.*.<member>` (or `reno.evt.*.<member>` for a stray).
+fn member_filter(stored: &str) -> Option<String> {
+    let (rest, member) = stored.rsplit_once('.')?;
+    let (prefix, _event_type) = rest.rsplit_once('.')?;
+    Some(format!("{prefix}.*.{member}"))
 }
 
 /// The member an event is about: the last token of its subject. An event whose subject is not an
@@ -499,16 +604,19 @@ struct Held {
 }
 
 impl Held {
-    fn received(&mut self, message: &jetstream::Message) {
+    /// Keeps `message` until it is settled; true when it came with a new pin.
+    fn received(&mut self, message: &jetstream::Message) -> bool {
+        if let (Ok(info), Some(reply)) = (message.info(), &message.reply) {
+            self.events.insert(info.stream_sequence, (Instant::now(), reply.clone()));
+        }
         if let Some(pin) = message.headers.as_ref().and_then(|headers| headers.get(PIN_HEADER))
             && self.pin.borrow().as_deref() != Some(pin.as_str())
         {
             info!("the partition is pinned to this worker");
             self.pin.send_replace(Some(pin.as_str().to_owned()));
+            return true;
         }
-        if let (Ok(info), Some(reply)) = (message.info(), &message.reply) {
-            self.events.insert(info.stream_sequence, (Instant::now(), reply.clone()));
-        }
+        false
     }
 
     fn settled(&mut self, sequence: u64) {
@@ -571,15 +679,15 @@ async fn handle(
 /// pin timeout, so it is handed out again before any later event of its member.
 async fn hand_back(mut members: Members, held: &mut Held) {
     let mut unsettled = BTreeMap::new();
-    while let Some((_, sequence, message)) = members.running.next().await {
+    while let Some(Finished { sequence, end, .. }) = members.running.next().await {
         held.settled(sequence);
-        if let Some(message) = message {
+        if let End::Unsettled(message) | End::Behind(message) = end {
             unsettled.insert(sequence, message);
         }
     }
-    for message in members.waiting.into_values().flatten() {
-        held.settled(stream_sequence(&message));
-        unsettled.insert(stream_sequence(&message), message);
+    for (sequence, message) in members.waiting.into_values().flatten() {
+        held.settled(sequence);
+        unsettled.insert(sequence, message);
     }
     let count = unsettled.len();
     for message in unsettled.into_values() {
