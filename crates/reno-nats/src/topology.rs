@@ -90,7 +90,7 @@ impl Default for Topology {
             duplicate_window: Duration::from_secs(120),
             ack_wait: Duration::from_secs(2),
             partitions: 32,
-            in_flight: 256,
+            in_flight: 32,
         }
     }
 }
