@@ -17,6 +17,7 @@ use std::{
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{PullConsumer, pull},
+    stream::RawMessageErrorKind,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt, TryStreamExt, future::BoxFuture, stream::FuturesUnordered};
@@ -523,12 +524,17 @@ impl Members {
         self.running.push(Box::pin(async move {
             let member = member_token(&message).to_owned();
             let sequence = stream_sequence(&message);
-            if let Some(order) = order
-                && !order.is_first(&message, sequence).await
-            {
+            if let Some(order) = order {
                 // Its turn comes again after a moment, or as soon as the earlier event arrives.
-                tokio::time::sleep(BEHIND_RECHECK).await;
-                return Finished { member, sequence, end: End::Behind(message) };
+                let wait = match order.place(&message, sequence).await {
+                    Place::First => None,
+                    Place::Behind => Some(BEHIND_RECHECK),
+                    Place::Unknown => Some(UNKNOWN_RECHECK),
+                };
+                if let Some(wait) = wait {
+                    tokio::time::sleep(wait).await;
+                    return Finished { member, sequence, end: End::Behind(message) };
+                }
             }
             let end = match handle(&pipeline, message, stop).await {
                 Some(message) => End::Unsettled(message),
@@ -545,8 +551,21 @@ struct LaneContext {
     stop: watch::Receiver<bool>,
 }
 
-/// How long an event waits before its member's order is checked again.
+/// How long an event behind an earlier one of its member waits before the next check.
 const BEHIND_RECHECK: Duration = Duration::from_millis(20);
+/// How long an event waits before the next check when the stream did not answer one: an
+/// overloaded hub is not asked again at once.
+const UNKNOWN_RECHECK: Duration = Duration::from_millis(500);
+
+/// Where an event stands among its member's events in the stream.
+enum Place {
+    /// No earlier event of the member waits: handle it.
+    First,
+    /// An earlier one waits: handle that first.
+    Behind,
+    /// The stream did not say.
+    Unknown,
+}
 
 /// The check that keeps a member's order across a change of pin: JetStream hands a pinned
 /// consumer's redeliveries out in no reliable order once its pin has moved (it puts a redelivery
@@ -559,20 +578,18 @@ struct Order {
 }
 
 impl Order {
-    /// Whether no earlier event of the member waits in the stream. An unreadable answer is a no:
-    /// the event waits and is checked again.
-    async fn is_first(&self, message: &jetstream::Message, sequence: u64) -> bool {
-        let Some(filter) = member_filter(message.subject.as_str()) else { return true };
+    /// Whether an earlier event of the member waits in the stream.
+    async fn place(&self, message: &jetstream::Message, sequence: u64) -> Place {
+        let Some(filter) = member_filter(message.subject.as_str()) else { return Place::First };
         match self.events.get_first_raw_message_by_subject(&filter, 0).await {
-            Ok(first) => first.sequence >= sequence,
-            Err(error)
-                if error.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
-            {
-                true
-            }
+            Ok(first) if first.sequence >= sequence => Place::First,
+            Ok(_) => Place::Behind,
+            // Nothing of the member left: this event was settled meanwhile, and the gates will
+            // see it as the duplicate it is.
+            Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => Place::First,
             Err(error) => {
                 debug!(%error, "cannot read the member's earliest event; checking again");
-                false
+                Place::Unknown
             }
         }
     }
