@@ -380,7 +380,10 @@ async fn run_partition(
     let mut checking_until = Instant::now();
     let mut members = Members::default();
     let mut held = Held { events: BTreeMap::new(), pin };
-    let lane = LaneContext { pipeline: pipeline.clone(), stop: stop.clone() };
+    // Told to the events being handled when the lane stops or hands its partition over: an event
+    // waiting to retry is handed back instead of retried.
+    let (give_up, giving_up) = watch::channel(false);
+    let lane = LaneContext { pipeline: pipeline.clone(), stop: giving_up };
     let check = |message: &jetstream::Message, checking_until: Instant| {
         let redelivered = message.info().map_or(true, |info| info.delivered > 1);
         (redelivered || Instant::now() < checking_until).then_some(&order)
@@ -443,11 +446,14 @@ async fn run_partition(
             // goes back first, in order; an event on its way here when the pull stopped comes
             // back after its ack wait, before the pin runs out.
             drop(messages);
+            give_up.send_replace(true);
             hand_back(std::mem::take(&mut members), &mut held).await;
             info!("partition handed over");
             wait_or_stop(&mut stop, hand_over_pause).await;
+            give_up.send_replace(false);
         }
     }
+    give_up.send_replace(true);
     hand_back(members, &mut held).await;
 }
 
