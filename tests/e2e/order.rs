@@ -3,7 +3,7 @@
 //! can change under stored events: events stored before partitions existed, or in partitions a new
 //! count drops, are still delivered.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
@@ -58,6 +58,9 @@ async fn heavy_three_workers_keep_each_members_order() {
     stack.start_pull_service().await;
     let workers: Vec<usize> = (0..3).map(|_| stack.start_worker(&["--priority", "normal"])).collect();
     stack.wait_until_pulling("RENO_NORMAL", 3).await;
+    // Each partition is worked by one worker at a time: the three hold a share each before the
+    // bursts.
+    stack.share_partitions(&workers, "my_list_updated", "normal").await;
     let members: Vec<String> = (0..MEMBERS).map(|index| format!("ordered{index}")).collect();
     let mut pushes = Vec::new();
     for member in &members {
@@ -98,11 +101,66 @@ async fn heavy_three_workers_keep_each_members_order() {
         assert_eq!(stored, expected, "history of {member}");
     }
     println!("{} events of {MEMBERS} members through 3 workers: {total_inversions} inversions", events.len());
-    // The three shared the work: each delivered some of it.
+    // The three shared the work: each delivered some of it (of the bursts or of the warm-up).
     for worker in workers {
         let delivered = stack.counter(worker, "reno_worker_events_total", &[("outcome", "delivered")]).await;
         assert!(delivered > 0, "worker {worker} delivered nothing:\n{}", stack.logs());
     }
+}
+
+#[tokio::test]
+async fn heavy_a_worker_joining_while_events_flow_keeps_each_members_order() {
+    const MEMBERS: usize = 12;
+    const ROUNDS: usize = 500;
+    let mut stack = Stack::start_with(None, &["--history-max-entries", "1000"]).await;
+    stack.start_pull_service().await;
+    let mut workers: Vec<usize> = (0..2).map(|_| stack.start_worker(&["--priority", "normal"])).collect();
+    stack.wait_until_pulling("RENO_NORMAL", 2).await;
+    stack.share_partitions(&workers, "my_list_updated", "normal").await;
+    let members: Vec<String> = (0..MEMBERS).map(|index| format!("joined{index}")).collect();
+
+    // Events flow for several seconds; meanwhile a third worker joins, and the first two hand
+    // it partitions while they hold events of them.
+    let mut events = Vec::new();
+    let mut joined = None;
+    let started = tokio::time::Instant::now();
+    for round in 0..ROUNDS {
+        let batch: Vec<Envelope> = members
+            .iter()
+            .map(|member| event("my_list_updated", member, Value::Integer(round.into())))
+            .collect();
+        publish_in_order(&stack, &batch).await;
+        events.extend(batch);
+        if joined.is_none() && started.elapsed() > Duration::from_secs(1) {
+            joined = Some(stack.start_worker(&["--priority", "normal"]));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let joined = joined.expect("the events flowed for more than a second");
+    workers.push(joined);
+    let flowed = started.elapsed();
+
+    for member in &members {
+        let expected: Vec<String> = events
+            .iter()
+            .filter(|event| event.member.as_str() == member)
+            .map(|event| event.id.to_string())
+            .collect();
+        eventually(&format!("every event of {member} in its history"), || async {
+            history(&stack, member, "mobile").await.len() >= ROUNDS
+        })
+        .await;
+        let stored: Vec<String> = history(&stack, member, "mobile")
+            .await
+            .into_iter()
+            .map(|notification| notification.id.to_string())
+            .collect();
+        assert_eq!(inversions(&expected, &stored), 0, "history of {member}");
+        assert_eq!(stored, expected, "history of {member}");
+    }
+    let delivered = stack.counter(joined, "reno_worker_events_total", &[("outcome", "delivered")]).await;
+    println!("{} events over {flowed:?}; the worker that joined delivered {delivered}", events.len());
+    assert!(delivered > 0, "the worker that joined was handed no partition:\n{}", stack.logs());
 }
 
 #[tokio::test]
