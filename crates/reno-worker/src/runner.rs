@@ -285,22 +285,37 @@ impl Lanes {
     /// Hands partitions to other workers while this one holds more than its share: the
     /// partitions of the priority (and its strays) divided by the workers serving it, rounded up.
     /// Workers that start later get partitions this way; nothing is moved while the shares are even.
+    ///
+    /// A lane that still takes its partition for its own while the pin has moved (the hub
+    /// restarted, the consumer's leader changed) is told to hand back what it holds, so that the
+    /// worker pinned now gets those events instead of waiting behind them.
     async fn balance(&self, stream: &jetstream::stream::Stream<()>) {
         let workers = roll_call::count(&self.pipeline.client, self.pipeline.priority).await;
-        let Ok(infos) = stream.consumers().try_collect::<Vec<_>>().await else { return };
-        let held: Vec<&Lane> = self
+        // The lanes' pins before the consumers' infos: a pin that moved to a lane after this is
+        // only counted at the next look.
+        let pins: Vec<(&String, &Lane, String)> = self
             .running
             .iter()
-            .filter(|(name, lane)| {
-                let pin = lane.pin.borrow();
-                pin.is_some()
-                    && infos.iter().any(|info| {
-                        &info.name == *name
-                            && info.priority_groups.iter().any(|group| group.pinned_client_id == *pin)
-                    })
-            })
-            .map(|(_, lane)| lane)
+            .filter_map(|(name, lane)| lane.pin.borrow().clone().map(|pin| (name, lane, pin)))
             .collect();
+        let Ok(infos) = stream.consumers().try_collect::<Vec<_>>().await else { return };
+        let mut held = Vec::new();
+        for (name, lane, pin) in pins {
+            let Some(info) = infos.iter().find(|info| &info.name == name) else { continue };
+            let ours = info.priority_groups.iter().any(|group| {
+                group.group == subject::WORKER_GROUP
+                    && group.pinned_client_id.as_deref() == Some(pin.as_str())
+            });
+            if ours {
+                held.push(lane);
+            } else {
+                info!(
+                    consumer = name,
+                    "the partition's pin moved to another worker; handing back what this one holds"
+                );
+                lane.hand_over.notify_one();
+            }
+        }
         let share = self.running.len().div_ceil(workers.max(1));
         let priority = self.pipeline.priority.as_str();
         metrics::gauge!(PARTITIONS_HELD_METRIC, "priority" => priority).set(held.len() as f64);
@@ -379,7 +394,7 @@ async fn run_partition(
     let order = Order { events };
     let mut checking_until = Instant::now();
     let mut members = Members::default();
-    let mut held = Held { events: BTreeMap::new(), pin };
+    let mut held = Held { events: BTreeMap::new(), delivery: 0, pin };
     // Told to the events being handled when the lane stops or hands its partition over: an event
     // waiting to retry is handed back instead of retried.
     let (give_up, giving_up) = watch::channel(false);
@@ -413,12 +428,16 @@ async fn run_partition(
                 () = hand_over.notified() => break true,
                 Some(Finished { member, sequence, end }) = members.running.next() => {
                     match end {
-                        End::Behind(message) => members.put_back(&member, message),
-                        End::Settled | End::Unsettled(_) => held.settled(sequence),
+                        // An event given up on is only put back until it is handed back.
+                        End::Behind(message) | End::Unsettled(message) => members.put_back(&member, message),
+                        End::Settled => {
+                            held.settled(sequence);
+                            members.settled(&member, sequence);
+                        }
                     }
                     if let Some(next) = members.next_of(&member) {
                         let order = check(&next, checking_until);
-                        members.start(&lane, next, order);
+                        members.start(&lane, member, next, order);
                     }
                 }
                 _ = keep_alive.tick() => held.keep_alive(&pipeline.client, progress_every).await,
@@ -427,9 +446,9 @@ async fn run_partition(
                         if held.received(&message) {
                             checking_until = Instant::now() + settling;
                         }
-                        if let Some(message) = members.queue(message) {
+                        if let Some((member, message)) = members.queue(message) {
                             let order = check(&message, checking_until);
-                            members.start(&lane, message, order);
+                            members.start(&lane, member, message, order);
                         }
                     }
                     // A failed pull or a pin that moved is not fatal: the stream pulls again.
@@ -448,6 +467,9 @@ async fn run_partition(
             drop(messages);
             give_up.send_replace(true);
             hand_back(std::mem::take(&mut members), &mut held).await;
+            // Whatever comes next comes with a pin of its own.
+            held.pin.send_replace(None);
+            held.delivery = 0;
             info!("partition handed over");
             wait_or_stop(&mut stop, hand_over_pause).await;
             give_up.send_replace(false);
@@ -471,10 +493,24 @@ const PULL_BATCH_MAX: usize = 1024;
 /// stream order.
 #[derive(Default)]
 struct Members {
-    /// Per member with an event being handled, its events waiting behind it by stream sequence.
-    waiting: HashMap<String, BTreeMap<u64, jetstream::Message>>,
+    /// Per member with an event being handled, its events waiting behind it.
+    waiting: HashMap<String, Queue>,
     /// The events being handled, one per member.
     running: FuturesUnordered<BoxFuture<'static, Finished>>,
+    /// Numbers the events that are not deliveries of the consumer (no stream sequence), so that
+    /// each gets a key of its own.
+    strangers: u64,
+}
+
+/// A member's events waiting behind the one being handled.
+#[derive(Default)]
+struct Queue {
+    /// By stream sequence.
+    events: BTreeMap<u64, jetstream::Message>,
+    /// The stream sequence of the member's event this lane settled last (0: none yet): the order
+    /// check looks for earlier events only after it, since the stream may not have removed an
+    /// event acked a moment ago.
+    settled: u64,
 }
 
 /// How the handling of one event ended.
@@ -487,52 +523,82 @@ struct Finished {
 enum End {
     /// Acked or terminated.
     Settled,
-    /// Shutdown stopped it before it was settled.
+    /// Shutdown or a hand-over stopped it before it was settled.
     Unsettled(jetstream::Message),
     /// Not started: an earlier event of its member still waits in the stream.
     Behind(jetstream::Message),
 }
 
 impl Members {
-    /// Queues `message` behind its member's event being handled, or returns it to be started now.
-    fn queue(&mut self, message: jetstream::Message) -> Option<jetstream::Message> {
-        let member = member_token(&message);
-        match self.waiting.get_mut(member) {
-            Some(waiting) => {
-                waiting.insert(stream_sequence(&message), message);
+    /// The key `message` is queued under: its member, or a key of its own for a message that is
+    /// not a delivery of the consumer (it is dead-lettered, never acked).
+    fn key(&mut self, message: &jetstream::Message) -> String {
+        if message.info().is_ok() {
+            member_token(message).to_owned()
+        } else {
+            self.strangers += 1;
+            format!("\0{}", self.strangers)
+        }
+    }
+
+    /// Queues `message` behind its member's event being handled, or returns it with its key to be
+    /// started now.
+    fn queue(&mut self, message: jetstream::Message) -> Option<(String, jetstream::Message)> {
+        let key = self.key(&message);
+        match self.waiting.get_mut(&key) {
+            Some(queue) => {
+                queue.events.insert(stream_sequence(&message), message);
                 None
             }
             None => {
-                self.waiting.insert(member.to_owned(), BTreeMap::new());
-                Some(message)
+                self.waiting.insert(key.clone(), Queue::default());
+                Some((key, message))
             }
         }
     }
 
     /// The member's next event once its last one is over, or `None` when it has none waiting.
     fn next_of(&mut self, member: &str) -> Option<jetstream::Message> {
-        let next = self.waiting.get_mut(member).and_then(BTreeMap::pop_first).map(|(_, message)| message);
+        let next = self
+            .waiting
+            .get_mut(member)
+            .and_then(|queue| queue.events.pop_first())
+            .map(|(_, message)| message);
         if next.is_none() {
             self.waiting.remove(member);
         }
         next
     }
 
+    /// Notes that the member's event at `sequence` is settled.
+    fn settled(&mut self, member: &str, sequence: u64) {
+        if let Some(queue) = self.waiting.get_mut(member) {
+            queue.settled = queue.settled.max(sequence);
+        }
+    }
+
     /// Puts back an event that could not start yet, for the member's next turn.
     fn put_back(&mut self, member: &str, message: jetstream::Message) {
-        self.waiting.entry(member.to_owned()).or_default().insert(stream_sequence(&message), message);
+        let queue = self.waiting.entry(member.to_owned()).or_default();
+        queue.events.insert(stream_sequence(&message), message);
     }
 
     /// Starts handling `message`; first, when `order` says so, makes sure no earlier event of its
     /// member still waits in the stream.
-    fn start(&mut self, lane: &LaneContext, message: jetstream::Message, order: Option<&Order>) {
+    fn start(
+        &mut self,
+        lane: &LaneContext,
+        member: String,
+        message: jetstream::Message,
+        order: Option<&Order>,
+    ) {
         let (pipeline, stop, order) = (lane.pipeline.clone(), lane.stop.clone(), order.cloned());
+        let after = self.waiting.get(&member).map_or(0, |queue| queue.settled);
         self.running.push(Box::pin(async move {
-            let member = member_token(&message).to_owned();
             let sequence = stream_sequence(&message);
             if let Some(order) = order {
                 // Its turn comes again after a moment, or as soon as the earlier event arrives.
-                let wait = match order.place(&message, sequence).await {
+                let wait = match order.place(&message, sequence, after).await {
                     Place::First => None,
                     Place::Behind => Some(BEHIND_RECHECK),
                     Place::Unknown => Some(UNKNOWN_RECHECK),
@@ -558,7 +624,7 @@ struct LaneContext {
 }
 
 /// How long an event behind an earlier one of its member waits before the next check.
-const BEHIND_RECHECK: Duration = Duration::from_millis(20);
+const BEHIND_RECHECK: Duration = Duration::from_millis(5);
 /// How long an event waits before the next check when the stream did not answer one: an
 /// overloaded hub is not asked again at once.
 const UNKNOWN_RECHECK: Duration = Duration::from_millis(500);
@@ -585,9 +651,10 @@ struct Order {
 
 impl Order {
     /// Whether an earlier event of the member waits in the stream.
-    async fn place(&self, message: &jetstream::Message, sequence: u64) -> Place {
+    /// `after`: the member's event this lane settled last, which the stream may still hold.
+    async fn place(&self, message: &jetstream::Message, sequence: u64, after: u64) -> Place {
         let Some(filter) = member_filter(message.subject.as_str()) else { return Place::First };
-        match self.events.get_first_raw_message_by_subject(&filter, 0).await {
+        match self.events.get_first_raw_message_by_subject(&filter, after + 1).await {
             Ok(first) if first.sequence >= sequence => Place::First,
             Ok(_) => Place::Behind,
             // Nothing of the member left: this event was settled meanwhile, and the gates will
@@ -622,24 +689,36 @@ fn stream_sequence(message: &jetstream::Message) -> u64 {
 /// The events a lane holds unacked, by stream sequence, with when each was last known to be alive.
 struct Held {
     events: BTreeMap<u64, (Instant, async_nats::Subject)>,
+    /// The consumer sequence of the last delivery received (0: none yet).
+    delivery: u64,
     /// The `Nats-Pin-Id` the partition's events last came with.
     pin: watch::Sender<Option<String>>,
 }
 
 impl Held {
-    /// Keeps `message` until it is settled; true when it came with a new pin.
+    /// Keeps `message` until it is settled. True when it came with a new pin, or after a gap in
+    /// the consumer's deliveries (a delivery lost on its way here comes back later, after events
+    /// of its member that were handed out behind it): either way an earlier event of a member may
+    /// be elsewhere, and the lane checks the order for a while.
     fn received(&mut self, message: &jetstream::Message) -> bool {
+        let mut unsure = false;
         if let (Ok(info), Some(reply)) = (message.info(), &message.reply) {
             self.events.insert(info.stream_sequence, (Instant::now(), reply.clone()));
+            if self.delivery != 0 && info.consumer_sequence != self.delivery + 1 {
+                debug!(after = self.delivery, delivery = info.consumer_sequence, "a gap in the deliveries");
+                unsure = true;
+            }
+            self.delivery = info.consumer_sequence;
         }
-        if let Some(pin) = message.headers.as_ref().and_then(|headers| headers.get(PIN_HEADER))
+        // The server's header is the last one: a publisher's own comes first.
+        if let Some(pin) = message.headers.as_ref().and_then(|headers| headers.get_last(PIN_HEADER))
             && self.pin.borrow().as_deref() != Some(pin.as_str())
         {
             info!("the partition is pinned to this worker");
             self.pin.send_replace(Some(pin.as_str().to_owned()));
-            return true;
+            unsure = true;
         }
-        false
+        unsure
     }
 
     fn settled(&mut self, sequence: u64) {
@@ -708,7 +787,7 @@ async fn hand_back(mut members: Members, held: &mut Held) {
             unsettled.insert(sequence, message);
         }
     }
-    for (sequence, message) in members.waiting.into_values().flatten() {
+    for (sequence, message) in members.waiting.into_values().flat_map(|queue| queue.events) {
         held.settled(sequence);
         unsettled.insert(sequence, message);
     }
