@@ -388,9 +388,10 @@ async fn run_partition(
     // Long enough for the pin to run out and go to a worker waiting for it.
     let hand_over_pause = config.priority_timeout + config.ack_wait;
     // After a new pin, for as long as the previous worker's unacked events may still be coming
-    // back (they run out of their ack wait before the pin could move), every event is checked
+    // back (they run out of their ack wait before the pin could move, or the previous worker hands
+    // them back within a look at the pins once it sees the pin moved), every event is checked
     // against the stream; a redelivery always is.
-    let settling = config.ack_wait * 2;
+    let settling = config.ack_wait * 2 + PARTITION_CHECK;
     let order = Order { events };
     let mut checking_until = Instant::now();
     let mut members = Members::default();
