@@ -48,6 +48,11 @@ pub(crate) struct Pipeline {
     /// Events delivered recently (`type:member:id`): spares the history a round trip for repeats.
     pub delivered_ids: moka::sync::Cache<String, ()>,
     pub max_deliveries: i64,
+    /// Events of this priority handled at once in this worker, across its lanes: one per
+    /// partition, as many as when a partition handed out one event at a time. A lane holds up to
+    /// its partition's in-flight events, but decoding them all at once would let hostile
+    /// envelopes take the memory of a thousand at a time.
+    pub handling: tokio::sync::Semaphore,
 }
 
 /// How a delivery ended for the caller.

@@ -205,6 +205,7 @@ async fn run_priority(
                 .time_to_live(config.dedup_ttl)
                 .build(),
             max_deliveries: config.max_deliveries,
+            handling: tokio::sync::Semaphore::new(usize::from(partitions) + 1),
         });
         outcome::register(priority);
         info!(partitions, threads = pool.threads, ?ack_wait, "worker started");
@@ -759,7 +760,11 @@ async fn handle(
     loop {
         // A panic is caught here and retried like any transient failure, until the delivery bound
         // dead-letters the event as poison.
-        let handled = AssertUnwindSafe(pipeline.handle(&message, retries)).catch_unwind().await;
+        let handled = {
+            // Closed never: the pipeline owns it.
+            let _permit = pipeline.handling.acquire().await;
+            AssertUnwindSafe(pipeline.handle(&message, retries)).catch_unwind().await
+        };
         let delay = match handled {
             Ok(Settled::Done) => return None,
             Ok(Settled::Retry(delay)) => delay,
