@@ -104,7 +104,8 @@ async fn a_history_the_worker_cannot_read_is_never_overwritten() {
 async fn a_stale_redelivery_is_dropped_unless_an_earlier_attempt_started_it() {
     let mut stack = Stack::start_with(Some(REGISTRY), &[]).await;
     stack.start_pull_service().await;
-    // Two members, so that the two events sit in two partitions.
+    // Two members, so that the two events sit in two partitions and can be held at once (a
+    // partition hands out one event at a time).
     let untouched = event("fleeting", "kurt", text("never started"));
     let half_done = event("fleeting", "kate", text("half written"));
     stack.publisher().publish(&untouched).await.unwrap();
@@ -122,16 +123,8 @@ async fn a_stale_redelivery_is_dropped_unless_an_earlier_attempt_started_it() {
     for member in ["kurt", "kate"] {
         let partition = partition_of(&mut stream, member).await;
         let consumer: PullConsumer = stream.get_consumer(&subject::worker_consumer(partition)).await.unwrap();
-        // Pulled as a worker pulls (the consumer is pinned to one client), then dropped: the pin
-        // runs out and goes to the worker started below.
-        let mut pulled = consumer
-            .stream()
-            .group(subject::WORKER_GROUP)
-            .max_messages_per_batch(1)
-            .messages()
-            .await
-            .unwrap();
-        held.push(pulled.next().await.unwrap().unwrap());
+        let mut fetched = consumer.fetch().max_messages(1).messages().await.unwrap();
+        held.push(fetched.next().await.unwrap().unwrap());
     }
     assert_ne!(held[0].subject, held[1].subject);
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -3,7 +3,7 @@
 //! can change under stored events: events stored before partitions existed, or in partitions a new
 //! count drops, are still delivered.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
@@ -58,9 +58,6 @@ async fn heavy_three_workers_keep_each_members_order() {
     stack.start_pull_service().await;
     let workers: Vec<usize> = (0..3).map(|_| stack.start_worker(&["--priority", "normal"])).collect();
     stack.wait_until_pulling("RENO_NORMAL", 3).await;
-    // Each partition is worked by one worker at a time: the three hold a share each before the
-    // bursts.
-    stack.share_partitions(&workers, "my_list_updated", "normal").await;
     let members: Vec<String> = (0..MEMBERS).map(|index| format!("ordered{index}")).collect();
     let mut pushes = Vec::new();
     for member in &members {
@@ -100,80 +97,12 @@ async fn heavy_three_workers_keep_each_members_order() {
         assert_eq!(pushed, expected, "pushes of {member}");
         assert_eq!(stored, expected, "history of {member}");
     }
-    // The three shared the work: `share_partitions` saw each hold partitions before the bursts.
     println!("{} events of {MEMBERS} members through 3 workers: {total_inversions} inversions", events.len());
-}
-
-#[tokio::test]
-async fn heavy_a_worker_joining_while_events_flow_keeps_each_members_order() {
-    const MEMBERS: usize = 12;
-    // Rounds published after the joining worker holds a partition: hand-overs with events flowing.
-    const ROUNDS_AFTER: usize = 100;
-    let mut stack = Stack::start_with(None, &["--history-max-entries", "1000"]).await;
-    stack.start_pull_service().await;
-    let mut workers: Vec<usize> = (0..2).map(|_| stack.start_worker(&["--priority", "normal"])).collect();
-    stack.wait_until_pulling("RENO_NORMAL", 2).await;
-    stack.share_partitions(&workers, "my_list_updated", "normal").await;
-    let members: Vec<String> = (0..MEMBERS).map(|index| format!("joined{index}")).collect();
-
-    // Events flow; meanwhile a third worker joins, and the first two hand it partitions while
-    // they hold events of them. The flow goes on until it holds some, and a while after.
-    let mut events = Vec::new();
-    let joined = stack.start_worker(&["--priority", "normal"]);
-    workers.push(joined);
-    let started = tokio::time::Instant::now();
-    let mut rounds_left = None;
-    let mut round = 0;
-    while rounds_left != Some(0) {
-        let batch: Vec<Envelope> = members
-            .iter()
-            .map(|member| event("my_list_updated", member, Value::Integer(round.into())))
-            .collect();
-        publish_in_order(&stack, &batch).await;
-        events.extend(batch);
-        round += 1;
-        rounds_left = match rounds_left {
-            Some(left) => Some(left - 1),
-            None if round % 10 == 0 => {
-                let held =
-                    stack.gauge(joined, "reno_worker_partitions_held", &[("priority", "normal")]).await;
-                assert!(
-                    started.elapsed() < PATIENCE,
-                    "the joining worker got no partition:\n{}",
-                    stack.logs()
-                );
-                held.is_some_and(|held| held >= 1.0).then_some(ROUNDS_AFTER)
-            }
-            None => None,
-        };
-        // Not faster: every member's document grows by an entry each round, and larger documents
-        // take longer to rewrite.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // The three shared the work: each delivered some of it.
+    for worker in workers {
+        let delivered = stack.counter(worker, "reno_worker_events_total", &[("outcome", "delivered")]).await;
+        assert!(delivered > 0, "worker {worker} delivered nothing:\n{}", stack.logs());
     }
-    assert!(round <= 1000, "more rounds than a history holds: {round}");
-    let flowed = started.elapsed();
-
-    for member in &members {
-        let expected: Vec<String> = events
-            .iter()
-            .filter(|event| event.member.as_str() == member)
-            .map(|event| event.id.to_string())
-            .collect();
-        eventually(&format!("every one of the {round} events of {member} in its history"), || async {
-            history(&stack, member, "mobile").await.len() >= round
-        })
-        .await;
-        let stored: Vec<String> = history(&stack, member, "mobile")
-            .await
-            .into_iter()
-            .map(|notification| notification.id.to_string())
-            .collect();
-        assert_eq!(inversions(&expected, &stored), 0, "history of {member}");
-        assert_eq!(stored, expected, "history of {member}");
-    }
-    let delivered = stack.counter(joined, "reno_worker_events_total", &[("outcome", "delivered")]).await;
-    println!("{} events over {flowed:?}; the worker that joined delivered {delivered}", events.len());
-    assert!(delivered > 0, "the worker that joined was handed no partition:\n{}", stack.logs());
 }
 
 #[tokio::test]

@@ -172,38 +172,6 @@ impl Stack {
         .await;
     }
 
-    /// Publishes an event of `event_type` for each of 256 members, again every second, until every
-    /// one of `workers` holds some of the partitions of `priority`: a partition is pinned to a
-    /// worker when its first event is handed out, and the workers hand partitions to each other
-    /// until each holds its share. Returns the events published.
-    pub async fn share_partitions(&self, workers: &[usize], event_type: &str, priority: &str) -> u64 {
-        let started = Instant::now();
-        let mut published = 0;
-        loop {
-            let mut held = Vec::new();
-            for worker in workers {
-                let gauge =
-                    self.gauge(*worker, "reno_worker_partitions_held", &[("priority", priority)]).await;
-                held.push(gauge.unwrap_or(0.0));
-            }
-            if held.iter().all(|partitions| *partitions >= 1.0) {
-                return published;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "the workers did not share the partitions: {held:?}; output:\n{}",
-                self.logs()
-            );
-            let publisher = self.publisher();
-            for index in 0..256 {
-                let warm_up = event(event_type, &format!("share{index}"), Value::Integer(index.into()));
-                publisher.publish(&warm_up).await.unwrap();
-                published += 1;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
     /// The infos of a priority stream's partition consumers.
     pub async fn partition_infos(&self, priority_stream: &str) -> Vec<jetstream::consumer::Info> {
         let stream = self.jetstream.get_stream_no_info(priority_stream).await.unwrap();

@@ -117,18 +117,7 @@ pub fn partition_filter(partition: u16) -> String {
 /// What the name of every partition's worker consumer starts with.
 pub const WORKER_CONSUMER_PREFIX: &str = "reno-worker-";
 
-/// The consumer priority group every worker pulls in: the group whose pinned client is the one
-/// worker a partition hands its events to.
-pub const WORKER_GROUP: &str = "reno-workers";
-
-/// `reno.workers.<priority>`: the workers serving a priority answer a request here, so that each
-/// can count them and take its share of the partitions.
-pub fn worker_roll_call(priority: Priority) -> String {
-    format!("reno.workers.{priority}")
-}
-
-/// The durable consumer of one partition of a priority stream, pinned to one of that priority's
-/// workers at a time.
+/// The durable consumer of one partition of a priority stream, shared by that priority's workers.
 pub fn worker_consumer(partition: u16) -> String {
     format!("{WORKER_CONSUMER_PREFIX}{partition}")
 }

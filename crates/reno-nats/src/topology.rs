@@ -1,7 +1,7 @@
 //! Provisioning: turns the registry into JetStream objects, idempotently. One stream per priority
 //! capturing exactly `reno.evt.<type>.*` of that priority's types (so an unknown type has no stream
 //! and its publisher gets an error at once) and storing each event under its member's partition,
-//! one durable consumer per partition pinned to one worker at a time (per-member order), the
+//! one durable consumer per partition taking one event at a time (per-member order), the
 //! dead-letter stream and the history, presence and trace buckets. Run again after a registry change, it
 //! moves types between priorities without losing events: what a stream already holds stays there
 //! and is still worked off. Run with fewer partitions, it moves the events of the dropped ones to
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
-    consumer::{AckPolicy, PriorityPolicy, pull},
+    consumer::{AckPolicy, pull},
     kv,
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
@@ -51,28 +51,12 @@ pub struct Topology {
     /// the devices' heartbeat intervals).
     pub presence_ttl: Duration,
     /// How long a worker may go without a sign of progress on an event before JetStream gives it
-    /// to another worker. Workers say they are still busy four times per ack wait. A partition
-    /// moves to another worker twice this long after its worker stopped pulling
-    /// ([`pin_timeout`]): that bounds how long a killed worker's events wait.
+    /// to another worker: bounds how long a killed worker's events wait. Workers say they are
+    /// still busy four times per ack wait.
     pub ack_wait: Duration,
-    /// Partitions of each priority stream: every member's events fall into one, each partition is
-    /// worked by one worker process at a time, which handles a member's events in order.
+    /// Partitions of each priority stream: every member's events fall into one, handled one at a
+    /// time and in order, so this is also how many events of a priority are in flight at most.
     pub partitions: u16,
-    /// Events a partition hands its worker ahead of their acks: the worker handles events of
-    /// different members at once, each member's one after another.
-    pub in_flight: i64,
-}
-
-/// Events a partition may hand out ahead of their acks at most.
-pub const MAX_IN_FLIGHT: i64 = 10_000;
-
-/// How long a partition stays with a worker that stopped pulling it: twice the ack wait, so that
-/// when the partition moves to another worker every event the first one held has already come
-/// back (its ack wait ran out), and is handed out again before any later event of its member.
-/// The worker pulls at least every half ack wait (see the worker's runner), which leaves half an
-/// ack wait of margin.
-pub fn pin_timeout(ack_wait: Duration) -> Duration {
-    ack_wait * 2
 }
 
 impl Default for Topology {
@@ -88,9 +72,8 @@ impl Default for Topology {
             dead_letter_max_bytes: 256 << 20,
             presence_ttl: Duration::from_secs(60),
             duplicate_window: Duration::from_secs(120),
-            ack_wait: Duration::from_secs(2),
+            ack_wait: Duration::from_secs(4),
             partitions: 32,
-            in_flight: 32,
         }
     }
 }
@@ -118,8 +101,6 @@ pub enum ProvisionError {
     Consumer { stream: String, consumer: String, source: async_nats::Error },
     #[error("the partitions of a priority stream must be 1 to {max}, not {partitions}", max = subject::MAX_PARTITIONS)]
     Partitions { partitions: u16 },
-    #[error("the events a partition hands out ahead must be 1 to {MAX_IN_FLIGHT}, not {in_flight}")]
-    InFlight { in_flight: i64 },
     #[error(
         "cannot move the events of {stream} into its new partitions: {source}; they stay where they are until provision runs again"
     )]
@@ -257,9 +238,6 @@ pub async fn provision(
     if topology.partitions == 0 || topology.partitions > subject::MAX_PARTITIONS {
         return Err(ProvisionError::Partitions { partitions: topology.partitions });
     }
-    if !(1..=MAX_IN_FLIGHT).contains(&topology.in_flight) {
-        return Err(ProvisionError::InFlight { in_flight: topology.in_flight });
-    }
     for priority in Priority::ALL {
         let subjects = stream_subjects(registry, priority);
         let config = priority_stream_config(topology, priority, subjects.clone());
@@ -269,10 +247,10 @@ pub async fn provision(
         drop_foreign_consumers(&stream, topology.partitions).await?;
         for consumer in worker_consumer_configs(topology, priority) {
             let consumer_name = consumer.durable_name.clone().unwrap_or_default();
-            ensure_worker_consumer(&stream, consumer).await.map_err(|source| ProvisionError::Consumer {
+            stream.create_consumer(consumer).await.map_err(|source| ProvisionError::Consumer {
                 stream: name.clone(),
                 consumer: consumer_name,
-                source,
+                source: source.into(),
             })?;
         }
         report.streams.push((name, subjects));
@@ -371,10 +349,9 @@ pub async fn provision(
 }
 
 /// The workers' consumers of one priority stream: one per partition, and one for the strays (see
-/// [`subject::STRAYS_CONSUMER`]). Each is pinned to one worker at a time (the pinned-client policy
-/// of a consumer priority group): that worker alone is handed the partition's events, up to
-/// `in_flight` ahead of their acks, and keeps each member's in order. The pin moves when the worker
-/// stops pulling for [`pin_timeout`], after its unacked events have come back.
+/// [`subject::STRAYS_CONSUMER`]). Each hands out one event at a time, so that the next event of a
+/// member is only handed out once the one before it is settled, by whichever worker. An event
+/// waiting out a retry delay still counts, so a retry holds its partition too.
 fn worker_consumer_configs(topology: &Topology, priority: Priority) -> Vec<pull::Config> {
     let consumer = |name: String, description: String, filter_subject: String| pull::Config {
         durable_name: Some(name),
@@ -382,13 +359,10 @@ fn worker_consumer_configs(topology: &Topology, priority: Priority) -> Vec<pull:
         filter_subject,
         ack_policy: AckPolicy::Explicit,
         ack_wait: topology.ack_wait,
-        max_ack_pending: topology.in_flight,
+        max_ack_pending: 1,
         // Unlimited on the server: the worker itself dead-letters an event after its own bound of
         // deliveries, so that no event is ever parked where nobody sees it.
         max_deliver: -1,
-        priority_policy: PriorityPolicy::PinnedClient,
-        priority_groups: vec![subject::WORKER_GROUP.to_owned()],
-        priority_timeout: pin_timeout(topology.ack_wait),
         ..Default::default()
     };
     let mut consumers: Vec<pull::Config> = (0..topology.partitions)
@@ -406,24 +380,6 @@ fn worker_consumer_configs(topology: &Topology, priority: Priority) -> Vec<pull:
         subject::STRAYS_FILTER.to_owned(),
     ));
     consumers
-}
-
-/// Creates a worker consumer, or updates it to `config`. A consumer of an older reno that hands
-/// out one event at a time to any worker cannot become a pinned one in place (JetStream does not
-/// change a consumer's priority policy), so it is replaced: its unacked events stay in the
-/// work-queue stream and the new consumer hands them out again, before any later event.
-async fn ensure_worker_consumer(
-    stream: &stream::Stream,
-    config: pull::Config,
-) -> Result<(), async_nats::Error> {
-    let name = config.durable_name.clone().unwrap_or_default();
-    if let Ok(existing) = stream.get_consumer::<pull::Config>(&name).await
-        && existing.cached_info().config.priority_policy != config.priority_policy
-    {
-        stream.delete_consumer(&name).await?;
-    }
-    stream.create_consumer(config).await?;
-    Ok(())
 }
 
 /// Name of the consumer that moves events between layouts while provisioning.

@@ -171,8 +171,8 @@ pub(crate) fn is_poison(deliveries: i64, max_deliveries: i64) -> bool {
     deliveries > max_deliveries.saturating_mul(2)
 }
 
-/// The longest wait before a retry. A retry holds its member (the member's next events wait for
-/// it) and the slot it takes of its partition's events in flight, so it stays short; a dependency that is down for longer is retried
+/// The longest wait before a retry. A retry holds the event's partition (the next event of its
+/// members must wait for it), so it stays short; a dependency that is down for longer is retried
 /// every ten seconds until the delivery bound.
 pub(crate) const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 

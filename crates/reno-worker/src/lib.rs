@@ -1,14 +1,11 @@
-//! The reno worker: for each priority, the partition consumers of its stream on its own connection,
-//! tokio runtime and task pool, so that a backlog in one priority never slows another. Each event
-//! passes the gates in order (decode and validate, staleness, dedup and collapse, targeting), is
-//! written to the history, pushed to online devices, and acked only then. Stateless: run as many
-//! copies as needed; each partition is pinned to one copy at a time, and the copies hand
-//! partitions to each other until each holds its share. Every event ends in exactly one counted
-//! outcome.
+//! The reno worker: for each priority, a durable pull consumer on its own connection, tokio runtime
+//! and task pool, so that a backlog in one priority never slows another. Each event passes the gates
+//! in order (decode and validate, staleness, dedup and collapse, targeting), is written to the
+//! history, pushed to online devices, and acked only then. Stateless: run as many copies as needed;
+//! they share each priority's durable consumer. Every event ends in exactly one counted outcome.
 //!
 //! May touch: NATS: its priority streams and their consumers, `RENO_HISTORY` (read and
-//! compare-and-set write), `RENO_DEAD`, the push subjects, `reno.workers.<priority>` (the workers
-//! counting each other); `RENO_REGISTRY` and `RENO_PRESENCE` are
+//! compare-and-set write), `RENO_DEAD`, the push subjects; `RENO_REGISTRY` and `RENO_PRESENCE` are
 //! only followed; `reno.trace.<member>` only while `RENO_TRACE` names a session for the member.
 
 #![forbid(unsafe_code)]
@@ -21,7 +18,6 @@ mod gates_properties;
 mod history;
 pub mod outcome;
 mod pipeline;
-mod roll_call;
 mod runner;
 mod stream_gauges;
 

@@ -1,8 +1,6 @@
 //! The gates one event passes, in order: decode and validate, staleness, dedup, targeting, history
 //! (with collapse), push; then the ack. Permanent failures are dead-lettered and terminated;
-//! transient ones are retried in place by the caller with a growing delay (never nak'ed: the
-//! member's later events, already handed to this worker, wait behind it) until the delivery bound,
-//! then dead-lettered. The
+//! transient ones are nak'ed with a growing delay until the delivery bound, then dead-lettered. The
 //! rules themselves live in [`crate::gates`]; this module does the IO around them.
 
 use std::sync::Arc;
@@ -48,31 +46,6 @@ pub(crate) struct Pipeline {
     /// Events delivered recently (`type:member:id`): spares the history a round trip for repeats.
     pub delivered_ids: moka::sync::Cache<String, ()>,
     pub max_deliveries: i64,
-    /// Events of this priority handled at once in this worker, across its lanes: one per
-    /// partition, as many as when a partition handed out one event at a time. A lane holds up to
-    /// its partition's in-flight events, but decoding them all at once would let hostile
-    /// envelopes take the memory of a thousand at a time.
-    pub handling: tokio::sync::Semaphore,
-}
-
-/// How a delivery ended for the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settled {
-    /// Acked or terminated: JetStream is done with it.
-    Done,
-    /// Not settled: handle it again after this delay, as the next attempt.
-    Retry(std::time::Duration),
-}
-
-impl Settled {
-    /// What an outcome leaves the caller to do after `deliveries` attempts.
-    fn after(outcome: Outcome, deliveries: i64) -> Self {
-        if outcome == Outcome::Retried {
-            Settled::Retry(gates::retry_delay(deliveries))
-        } else {
-            Settled::Done
-        }
-    }
 }
 
 /// Why handling failed.
@@ -102,10 +75,10 @@ impl From<HistoryError> for Failure {
 
 impl Pipeline {
     /// Settles a delivery whose handling panicked: retried like a transient failure, and
-    /// dead-lettered once it has used up its deliveries. `retries`: attempts in place so far.
-    pub(crate) async fn panicked(&self, message: &jetstream::Message, retries: i64) -> Settled {
+    /// dead-lettered once it has used up its deliveries.
+    pub(crate) async fn panicked(&self, message: &jetstream::Message) {
         let info = message.info().ok();
-        let deliveries = info.as_ref().map_or(1, |info| info.delivered) + retries;
+        let deliveries = info.as_ref().map_or(1, |info| info.delivered);
         let event_type = outcome::type_label(message.subject.as_str());
         let outcome = if deliveries >= self.max_deliveries {
             let position = info.as_ref().map(|info| (info.stream, info.stream_sequence));
@@ -115,15 +88,14 @@ impl Pipeline {
         } else {
             warn!(subject = message.subject.as_str(), deliveries, "event handler panicked; will retry");
             outcome::count_retry(self.priority, "panicked");
+            ack(message, AckKind::Nak(Some(gates::retry_delay(deliveries)))).await;
             Outcome::Retried
         };
         outcome::count(self.priority, &event_type, outcome, 0.0);
-        Settled::after(outcome, deliveries)
     }
 
-    /// Handles one delivery end to end and settles it with JetStream, or says to try again.
-    /// `retries`: attempts in place so far, counted with JetStream's deliveries against the bound.
-    pub(crate) async fn handle(&self, message: &jetstream::Message, retries: i64) -> Settled {
+    /// Handles one delivery end to end and settles it with JetStream.
+    pub(crate) async fn handle(&self, message: &jetstream::Message) {
         let Ok(info) = message.info() else {
             // Not a delivery of our consumer (its reply subject is not a JetStream ack subject).
             // Counted and filed like any event that can never be delivered, so it is seen.
@@ -132,10 +104,10 @@ impl Pipeline {
             let reason = "not a delivery of the worker's consumer: no JetStream metadata";
             let outcome = self.dead_letter(message, &origin, "not_a_delivery", reason).await;
             outcome::count(self.priority, outcome::UNKNOWN_TYPE, outcome, 0.0);
-            return Settled::after(outcome, 1 + retries);
+            return;
         };
         let (stream, sequence, deliveries, published) =
-            (info.stream.to_owned(), info.stream_sequence, info.delivered + retries, info.published);
+            (info.stream.to_owned(), info.stream_sequence, info.delivered, info.published);
         let span = tracing::debug_span!(
             "event",
             priority = %self.priority,
@@ -145,8 +117,7 @@ impl Pipeline {
             event_id = tracing::field::Empty,
             member = tracing::field::Empty,
         );
-        let outcome = self.settle(message, &stream, sequence, deliveries, published).instrument(span).await;
-        Settled::after(outcome, deliveries)
+        self.settle(message, &stream, sequence, deliveries, published).instrument(span).await;
     }
 
     async fn settle(
@@ -156,7 +127,7 @@ impl Pipeline {
         sequence: u64,
         deliveries: i64,
         published: OffsetDateTime,
-    ) -> Outcome {
+    ) {
         let event_type = outcome::type_label(message.subject.as_str());
         outcome::count_received(self.priority, &event_type);
         // The member as the subject names it, when someone traces it.
@@ -180,7 +151,7 @@ impl Pipeline {
             if let Some(member) = &traced {
                 self.tracer.emit(member, json!({"stage": "outcome", "outcome": "dead_lettered", "reason": "poison", "stream_seq": sequence})).await;
             }
-            return outcome;
+            return;
         }
 
         let source = gates::source(stream, sequence);
@@ -200,6 +171,7 @@ impl Pipeline {
             Err(Failure::Transient { reason, error }) => {
                 warn!(reason, %error, "transient failure; will retry");
                 outcome::count_retry(self.priority, reason);
+                ack(message, AckKind::Nak(Some(gates::retry_delay(deliveries)))).await;
                 retry_reason = Some(format!("{reason}: {error}"));
                 Outcome::Retried
             }
@@ -218,7 +190,6 @@ impl Pipeline {
             });
             self.tracer.emit(member, record).await;
         }
-        outcome
     }
 
     async fn process(
@@ -418,6 +389,7 @@ impl Pipeline {
             Err(error) => {
                 warn!(%error, "cannot file dead letter; will retry");
                 outcome::count_retry(self.priority, "dead_letter_failed");
+                ack(message, AckKind::Nak(Some(gates::retry_delay(origin.deliveries)))).await;
                 Outcome::Retried
             }
         }

@@ -205,17 +205,13 @@ pub struct ProvisionArgs {
     #[arg(long)]
     pub event_retention_secs: Option<u64>,
     /// Seconds a worker may go without a sign of progress on an event before JetStream hands it
-    /// to another worker; a killed worker's partitions move after twice this
-    /// [config: streams.ack_wait_secs].
+    /// to another worker [config: streams.ack_wait_secs].
     #[arg(long)]
     pub ack_wait_secs: Option<u64>,
-    /// Partitions of each priority stream, each worked by one worker at a time, in order per
-    /// member [config: streams.partitions].
+    /// Partitions of each priority stream: the events of a priority in flight at most, in order
+    /// per member [config: streams.partitions].
     #[arg(long)]
     pub partitions: Option<u16>,
-    /// Events a partition hands its worker ahead of their acks [config: streams.in_flight].
-    #[arg(long)]
-    pub in_flight: Option<i64>,
     /// Bytes each priority stream may hold; when full, publishers are refused
     /// [config: streams.event_max_bytes].
     #[arg(long)]
@@ -252,7 +248,6 @@ impl ProvisionArgs {
         set(&mut streams.event_retention_secs, self.event_retention_secs);
         set(&mut streams.ack_wait_secs, self.ack_wait_secs);
         set(&mut streams.partitions, self.partitions);
-        set(&mut streams.in_flight, self.in_flight);
         set(&mut streams.event_max_bytes, self.event_max_bytes);
         set(&mut streams.history_max_entries, self.history_max_entries);
         set(&mut streams.history_max_bytes, self.history_max_bytes);

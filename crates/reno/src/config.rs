@@ -114,14 +114,11 @@ pub struct StreamsSection {
     /// Bytes the dead letters may hold; when full, the oldest are dropped.
     pub dead_letter_max_bytes: i64,
     /// Seconds a worker may go without a sign of progress on an event before JetStream hands it to
-    /// another worker; a killed worker's partitions move to the others after twice this.
+    /// another worker: how long a killed worker's events wait.
     pub ack_wait_secs: u64,
-    /// Partitions of each priority stream: a member's events fall into one, each partition is
-    /// worked by one worker process at a time, and a member's events are handled in order.
+    /// Partitions of each priority stream: a member's events fall into one and are handled in
+    /// order, one at a time, so this is also the events of a priority in flight at most.
     pub partitions: u16,
-    /// Events a partition hands its worker ahead of their acks (events of different members are
-    /// handled at once).
-    pub in_flight: i64,
     /// Seconds a device counts as online after its last announcement (at least three of the
     /// devices' heartbeat intervals).
     pub presence_ttl_secs: u64,
@@ -282,7 +279,6 @@ impl Default for StreamsSection {
             dead_letter_max_bytes: topology.dead_letter_max_bytes,
             ack_wait_secs: topology.ack_wait.as_secs(),
             partitions: topology.partitions,
-            in_flight: topology.in_flight,
             presence_ttl_secs: topology.presence_ttl.as_secs(),
             duplicate_window_secs: topology.duplicate_window.as_secs(),
         }
@@ -427,16 +423,6 @@ impl Config {
                 ),
             );
         }
-        if !(1..=reno_nats::topology::MAX_IN_FLIGHT).contains(&self.streams.in_flight) {
-            return invalid(
-                "streams.in_flight",
-                &format!(
-                    "{} is out of range; use 1 to {}",
-                    self.streams.in_flight,
-                    reno_nats::topology::MAX_IN_FLIGHT
-                ),
-            );
-        }
         if !(1..=100_000).contains(&self.streams.history_max_entries) {
             return invalid(
                 "streams.history_max_entries",
@@ -494,7 +480,6 @@ impl Config {
             dead_letter_max_bytes: streams.dead_letter_max_bytes,
             ack_wait: Duration::from_secs(streams.ack_wait_secs),
             partitions: streams.partitions,
-            in_flight: streams.in_flight,
             presence_ttl: Duration::from_secs(streams.presence_ttl_secs),
             duplicate_window: Duration::from_secs(streams.duplicate_window_secs),
         }
@@ -692,7 +677,6 @@ mod tests {
             ("[worker.high]\nthreads = 0\n", "worker.high: threads must be at least 1"),
             ("[streams]\npartitions = 0\n", "streams.partitions"),
             ("[streams]\npartitions = 1025\n", "streams.partitions"),
-            ("[streams]\nin_flight = 0\n", "streams.in_flight: 0 is out of range"),
             ("[streams]\nhistory_max_bytes = 10\n", "streams.history_max_bytes: 10 is too small"),
             ("[log]\nlevel = \"info,=[\"\n", "log.level:"),
         ];
