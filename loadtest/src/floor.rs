@@ -91,8 +91,9 @@ pub struct FloorArgs {
 }
 
 /// What each event costs the hub in a step, cumulatively.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Step {
     Queue,
     Write,
@@ -108,17 +109,6 @@ impl Step {
             Step::ReadWrite => "read_write",
             Step::KeptWrite => "kept_write",
         }
-    }
-}
-
-impl std::str::FromStr for Step {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        [Step::Queue, Step::Write, Step::ReadWrite, Step::KeptWrite]
-            .into_iter()
-            .find(|step| step.label() == text)
-            .ok_or_else(|| format!("a step is queue, write, read_write or kept_write, not {text:?}"))
     }
 }
 
