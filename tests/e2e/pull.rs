@@ -106,7 +106,11 @@ async fn a_cursor_from_a_reset_history_gets_the_resync_signal() {
     publish_and_deliver(&stack, worker, "heidi", 5).await;
     let old = stack.pull_page("heidi", "tv", 0, 100).await;
 
-    // The history is lost and created anew (an operator recreated the bucket).
+    // The history is lost and created anew (an operator recreated the bucket), once every priority
+    // of the worker has started: a priority still starting finds no bucket and stops the worker.
+    for priority_stream in ["RENO_HIGH", "RENO_NORMAL", "RENO_LOW"] {
+        stack.wait_until_pulling(priority_stream, 1).await;
+    }
     stack.jetstream.delete_key_value(subject::HISTORY_BUCKET).await.unwrap();
     stack.provision(&[]);
     let page = stack.pull_page("heidi", "tv", old.next_cursor, 100).await;
