@@ -3,7 +3,10 @@
 docs/benchmarks.md (medians where a benchmark ran more than once), rewriting only what stands
 between each table's markers: <!-- BEGIN name --> ... <!-- END name -->. Standard library only.
 
-Usage: loadtest/report.py RESULTS_DIR DOC
+Usage: loadtest/report.py RESULTS_DIR DOC [SECTION ...]
+
+With SECTIONs (machine, throughput, floor, latency, storm, compare, targets, pull, goose), only
+those tables are rewritten and the others are left as they stand, whatever RESULTS_DIR holds.
 """
 
 import glob
@@ -300,20 +303,26 @@ def floor(results):
 
 PULL_RUNS = [("pull-10k", "10k entries"), ("pull-10m", "10M entries"), ("pull-10k-cold", "10k entries"),
              ("pull-10m-cold", "10M entries")]
+# The flood's runs: answered by the pull service, and by the hub alone (no pull service).
+FLOOD_RUNS = [("pull-10k", "the pull service"), ("pull-10k-hub", "the hub alone (direct gets)"),
+              ("pull-10m", "the pull service"), ("pull-10m-hub", "the hub alone (direct gets)")]
+
+
+def history_label(found):
+    return f"{fmt(med(found, 'history_entries'))} ({fmt(med(found, 'members'))} members × {fmt(med(found, 'entries'))})"
 
 
 def pull(results):
     latency_rows, flood_rows = [], []
-    for name, label in PULL_RUNS:
+    for name, _ in PULL_RUNS:
         found = runs(results, name)
         if not found:
             continue
-        label = f"{fmt(med(found, 'history_entries'))} ({fmt(med(found, 'members'))} members × {fmt(med(found, 'entries'))})"
         idle = med(found, "idle_secs")
         p99 = med(found, "pulls.latency.p99_ms")
         checked = sum(dig(summary, "pulls.latency.count") or 0 for summary in found)
         wrong = sum((dig(summary, "pulls.wrong") or 0) + (dig(summary, "pulls.failed") or 0) for summary in found)
-        latency_rows.append([label, "right after the fill" if not idle else f"after {fmt(idle)} s idle", len(found)]
+        latency_rows.append([history_label(found), "right after the fill" if not idle else f"after {fmt(idle)} s idle", len(found)]
                             + [fmt(med(found, f"pulls.latency.{key}"), 2)
                                for key in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]]
                             + [fmt(med(found, "pulls.server_gets.p99_ms"), 2),
@@ -321,48 +330,55 @@ def pull(results):
                                fmt(med(found, "fill.documents_per_sec")),
                                fmt((med(found, "fill.history_bytes") or 0) / 1048576),
                                "met" if p99 is not None and p99 <= 5 else "**not met**"])
-        flooded = [summary for summary in found if summary.get("flood")]
-        if flooded:
-            ratio = med(flooded, "flood.ratio")
+    for name, answered_by in FLOOD_RUNS:
+        flooded = [summary for summary in runs(results, name) if summary.get("flood")]
+        if not flooded:
+            continue
+        ratio = med(flooded, "flood.ratio")
 
-            def phase(summary, number, path):
-                phases = dig(summary, "flood.phases") or []
-                return dig(phases[number], path) if len(phases) > number else None
+        def phase(summary, number, path):
+            phases = dig(summary, "flood.phases") or []
+            return dig(phases[number], path) if len(phases) > number else None
 
-            def phase_med(number, path):
-                return median([phase(summary, number, path) for summary in flooded])
+        def phase_med(number, path):
+            return median([phase(summary, number, path) for summary in flooded])
 
-            def without_med(path):
-                # The phases without pulls (before and after), as the events/s without pulls are.
-                means = []
-                for summary in flooded:
-                    values = [phase(summary, number, path) for number in (0, 2)]
-                    values = [value for value in values if value is not None]
-                    means.append(sum(values) / len(values) if values else None)
-                return median(means)
+        def without_med(path):
+            # The phases without pulls (before and after), as the events/s without pulls are.
+            means = []
+            for summary in flooded:
+                values = [phase(summary, number, path) for number in (0, 2)]
+                values = [value for value in values if value is not None]
+                means.append(sum(values) / len(values) if values else None)
+            return median(means)
 
-            flood_rows.append([label, len(flooded), fmt(med(flooded, "flood.events_per_phase")),
-                               fmt(med(flooded, "flood.events_per_sec_without_pulls")),
-                               fmt(med(flooded, "flood.events_per_sec_with_pulls")), fmt(ratio, 3),
-                               fmt(phase_med(1, "pulls.per_sec")), fmt(phase_med(1, "pulls.latency.p99_ms"), 2),
-                               fmt(phase_med(1, "pulls.failed")),
-                               f"{fmt(without_med('cpu_us_per_event.hub'))} / {fmt(phase_med(1, 'cpu_us_per_event.hub'))}",
-                               f"{fmt(without_med('cpu_us_per_event.workers'))} / "
-                               f"{fmt(phase_med(1, 'cpu_us_per_event.workers'))}",
-                               fmt(phase_med(1, "pull_service_us_per_pull")),
-                               "met" if ratio is not None and ratio >= 0.90 else "**not met**"])
-    if not latency_rows:
+        def without_with(path):
+            return f"{fmt(without_med(path))} / {fmt(phase_med(1, path))}"
+
+        flood_rows.append([history_label(flooded), answered_by, len(flooded), fmt(med(flooded, "flood.events_per_phase")),
+                           fmt(med(flooded, "flood.events_per_sec_without_pulls")),
+                           fmt(med(flooded, "flood.events_per_sec_with_pulls")), fmt(ratio, 3),
+                           fmt(phase_med(1, "pulls.per_sec")), fmt(phase_med(1, "pulls.latency.p99_ms"), 2),
+                           fmt(phase_med(1, "pulls.failed")),
+                           without_with("cpu_us_per_event.hub"), without_with("cpu_us_per_event.workers"),
+                           without_with("cpu_us_per_event.load_generator"),
+                           fmt(phase_med(1, "pull_service_us_per_pull")) if "hub" not in name else "none",
+                           "met" if ratio is not None and ratio >= 0.90 else "**not met**"])
+    if not latency_rows and not flood_rows:
         return "(not run)"
     text = table(["entries in history", "measured", "runs", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
                   "the hub's own direct get, p99 ms", "first pull ms", "pages checked (wrong or failed)", "fill documents/s", "history MiB",
                   "p99 ≤ 5 ms"], latency_rows)
     if flood_rows:
-        text += "\n\n" + table(["entries in history", "runs", "events per phase", "workers' events/s without pulls",
-                                 "with the pulls", "ratio", "pulls/s", "pull p99 ms in the flood",
-                                 "pulls failed", "hub µs/event without / with", "worker µs/event without / with",
+        text += "\n\n" + table(["entries in history", "pulls answered by", "runs", "events per phase",
+                                 "workers' events/s without pulls", "with the pulls", "ratio", "pulls/s",
+                                 "pull p99 ms in the flood", "pulls failed", "hub µs/event without / with",
+                                 "worker µs/event without / with", "load generator µs/event without / with",
                                  "pull service µs/pull", "within 10%"], flood_rows)
-    return text + commands(results, [(name, f"{label}, {'after 130 s idle' if 'cold' in name else 'with the flood'}")
-                                     for name, label in PULL_RUNS])
+    named = [(name, f"{label}, {'after 130 s idle' if 'cold' in name else 'with the flood'}") for name, label in PULL_RUNS]
+    named[1:1] = [("pull-10k-hub", "10k entries, with the flood answered by the hub alone")]
+    named[3:3] = [("pull-10m-hub", "10M entries, with the flood answered by the hub alone")]
+    return text + commands(results, named)
 
 
 def goose(results):
@@ -395,21 +411,27 @@ def goose(results):
 
 
 def main():
-    results, doc = sys.argv[1], sys.argv[2]
+    results, doc, wanted = sys.argv[1], sys.argv[2], sys.argv[3:]
     with open(doc) as file:
         text = file.read()
     sections = {
-        "machine": machine(results),
-        "throughput": throughput(results),
-        "floor": floor(results),
-        "latency": latency(results),
-        "storm": storm(results),
-        "compare": compare(results),
-        "targets": targets(results),
-        "pull": pull(results),
-        "goose": goose(results),
+        "machine": machine,
+        "throughput": throughput,
+        "floor": floor,
+        "latency": latency,
+        "storm": storm,
+        "compare": compare,
+        "targets": targets,
+        "pull": pull,
+        "goose": goose,
     }
-    for name, content in sections.items():
+    unknown = [name for name in wanted if name not in sections]
+    if unknown:
+        sys.exit(f"report.py: no table named {', '.join(unknown)}; tables: {', '.join(sections)}")
+    for name, section in sections.items():
+        if wanted and name not in wanted:
+            continue
+        content = section(results)
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
         text = pattern.sub(lambda match: match.group(1) + content + "\n" + match.group(2), text)
     with open(doc, "w") as file:

@@ -59,14 +59,29 @@ pub struct PullArgs {
     #[arg(long, default_value = "tv")]
     pub device_type: String,
     /// Events published through the workers in each phase of the flood (0: no flood)
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 100_000)]
     pub flood_events: u64,
     /// Pulls per second while the workers take the flood's second phase
     #[arg(long, default_value_t = 1000.0)]
     pub flood_pull_rate: f64,
+    /// What answers the flood's pulls: the pull service, as a device's pull is answered, or the
+    /// hub alone (this process reads each member's document with a direct get, the one server
+    /// operation a pull makes, and checks it): the least a flood of pulls can take from the workers
+    #[arg(long, value_enum, default_value_t = FloodVia::PullService)]
+    pub flood_via: FloodVia,
     /// Seconds to wait for the workers to drain each phase of the flood
     #[arg(long, default_value_t = 600.0)]
     pub drain_secs: f64,
+}
+
+/// What answers the flood's pulls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum FloodVia {
+    /// The pull service: a request on `reno.pull.<member>.<device_type>`, its page checked.
+    PullService,
+    /// The hub alone: a direct get of the member's document from this process, its entries counted.
+    Hub,
 }
 
 /// The event type of the entries and of the flood: normal priority, not collapsing.
@@ -83,6 +98,8 @@ pub enum PullFailure {
 #[derive(Clone)]
 pub struct Puller {
     pub client: async_nats::Client,
+    /// The history stream, for reading a document straight from the hub.
+    pub history: jetstream::stream::Stream,
     pub device_type: DeviceType,
     pub members: u32,
     pub entries: u32,
@@ -119,6 +136,42 @@ impl Puller {
         }
         check_page(&page, index, self.entries).map_err(PullFailure::Wrong)?;
         Ok(latency_us)
+    }
+
+    /// Reads member `index`'s document straight from the hub (the direct get a pull makes, with
+    /// no pull service) and returns how long the answer took, in microseconds. The document must
+    /// hold the member's `entries` entries.
+    pub async fn get(&self, index: u32) -> Result<u64, PullFailure> {
+        let member = MemberId::new(member_name(index)).expect("a member token");
+        let started = Instant::now();
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.history.direct_get_last_for_subject(subject::history_subject(&member)),
+        )
+        .await;
+        let latency_us = started.elapsed().as_micros() as u64;
+        let message = match got {
+            Ok(Ok(message)) => message,
+            Ok(Err(error)) => return Err(PullFailure::Failed(format!("hub's direct get: {error}"))),
+            Err(_) => return Err(PullFailure::Failed("hub's direct get: no answer within 10 s".into())),
+        };
+        let document = MemberHistory::decode(&message.payload)
+            .map_err(|error| PullFailure::Failed(format!("hub's direct get: {error}")))?;
+        if document.entries.len() != self.entries as usize {
+            return Err(PullFailure::Wrong(format!(
+                "hub's direct get: {member}: {} entries in the document",
+                document.entries.len()
+            )));
+        }
+        Ok(latency_us)
+    }
+
+    /// One pull of member `index` by `via`.
+    pub async fn pull_via(&self, via: FloodVia, index: u32) -> Result<u64, PullFailure> {
+        match via {
+            FloodVia::PullService => self.pull(index).await,
+            FloodVia::Hub => self.get(index).await,
+        }
     }
 }
 
@@ -259,7 +312,7 @@ async fn fill(topology: &Topology, args: &PullArgs, device_type: &DeviceType) ->
 
 /// `count` pulls of random members, one at a time, each checked; after each, a direct get of
 /// another random member's document from the hub itself, so that both meet the same caches.
-async fn measure(puller: &Puller, history: &jetstream::stream::Stream, count: u32, seed: u64) -> Pulls {
+async fn measure(puller: &Puller, count: u32, seed: u64) -> Pulls {
     let mut histogram = stats::histogram();
     let mut gets = stats::histogram();
     let mut picker = Picker::new(seed);
@@ -283,23 +336,11 @@ async fn measure(puller: &Puller, history: &jetstream::stream::Stream, count: u3
                 first_error.get_or_insert(error);
             }
         }
-        let member = MemberId::new(member_name(picker.next(puller.members))).expect("a member token");
-        let started = Instant::now();
-        let got = history.direct_get_last_for_subject(subject::history_subject(&member)).await;
-        let latency_us = started.elapsed().as_micros() as u64;
-        let checked = got.map_err(|error| error.to_string()).and_then(|message| {
-            let document = MemberHistory::decode(&message.payload).map_err(|error| error.to_string())?;
-            if document.entries.len() == puller.entries as usize {
-                Ok(())
-            } else {
-                Err(format!("{member}: {} entries in the document", document.entries.len()))
-            }
-        });
-        match checked {
-            Ok(()) => gets.saturating_record(latency_us.max(1)),
-            Err(error) => {
+        match puller.get(picker.next(puller.members)).await {
+            Ok(latency_us) => gets.saturating_record(latency_us.max(1)),
+            Err(PullFailure::Failed(error) | PullFailure::Wrong(error)) => {
                 gets_failed += 1;
-                first_error.get_or_insert(format!("hub's direct get: {error}"));
+                first_error.get_or_insert(error);
             }
         }
     }
@@ -335,14 +376,20 @@ pub async fn run(args: &PullArgs) -> Result<PullSummary> {
         tokio::time::sleep(Duration::from_secs_f64(args.idle_secs)).await;
     }
     let load_at_pulls = probe::loadavg();
-    let puller =
-        Puller { client: topology.client.clone(), device_type, members: args.members, entries: args.entries };
     let history = topology.jetstream.get_stream(subject::history_stream()).await?;
-    let pulls = measure(&puller, &history, args.pulls, now_us()).await;
+    let puller = Puller {
+        client: topology.client.clone(),
+        history,
+        device_type,
+        members: args.members,
+        entries: args.entries,
+    };
+    let pulls = measure(&puller, args.pulls, now_us()).await;
     let flood = if args.flood_events > 0 {
         let plan = pull_flood::Plan {
             events: args.flood_events,
             pull_rate: args.flood_pull_rate,
+            via: args.flood_via,
             payload_bytes: args.payload_bytes,
             window: args.window,
             drain: Duration::from_secs_f64(args.drain_secs),

@@ -20,7 +20,7 @@ use crate::{
     fleet::{Probe, member_name},
     probe,
     publish::{self, Limit, Outgoing, Rate},
-    pull::{EVENT_TYPE, Picker, PullFailure, Puller, padding_for},
+    pull::{EVENT_TYPE, FloodVia, Picker, PullFailure, Puller, padding_for},
     stats::{self, Latency, now_us, round},
     topology::Topology,
 };
@@ -32,6 +32,8 @@ pub struct Plan {
     pub events: u64,
     /// Pulls per second in the phase with pulls.
     pub pull_rate: f64,
+    /// What answers them.
+    pub via: FloodVia,
     pub payload_bytes: usize,
     /// Publishes awaiting their acks at most.
     pub window: usize,
@@ -67,7 +69,13 @@ pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Fl
         let delivered_before = topology.workers_delivered();
         let (stop, stopped) = watch::channel(false);
         let load = with_pulls.then(|| {
-            tokio::spawn(paced_pulls(Arc::new(puller.clone()), plan.pull_rate, now_us() + first, stopped))
+            tokio::spawn(paced_pulls(
+                Arc::new(puller.clone()),
+                plan.via,
+                plan.pull_rate,
+                now_us() + first,
+                stopped,
+            ))
         });
         let limit = Limit { count: plan.events, duration: Duration::from_secs(24 * 3600) };
         let published = publish::publish(&topology.jetstream, Rate::Max, limit, plan.window, |index| {
@@ -155,6 +163,7 @@ pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Fl
         ok,
         events_per_phase: plan.events,
         pull_rate: plan.pull_rate,
+        via: plan.via,
         events_per_sec_without_pulls: round(without, 1),
         events_per_sec_with_pulls: round(with, 1),
         ratio: if without > 0.0 { round(with / without, 3) } else { 0.0 },
@@ -162,9 +171,15 @@ pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Fl
     })
 }
 
-/// Pulls of random members at `rate` per second, each on its own task, until `stop` turns true;
+/// Pulls of random members by `via` at `rate` per second, each on its own task, until `stop` turns true;
 /// then waits for the answers still due.
-async fn paced_pulls(puller: Arc<Puller>, rate: f64, seed: u64, mut stop: watch::Receiver<bool>) -> PullLoad {
+async fn paced_pulls(
+    puller: Arc<Puller>,
+    via: FloodVia,
+    rate: f64,
+    seed: u64,
+    mut stop: watch::Receiver<bool>,
+) -> PullLoad {
     let mut histogram = stats::histogram();
     let mut picker = Picker::new(seed);
     let mut tasks = JoinSet::new();
@@ -188,7 +203,7 @@ async fn paced_pulls(puller: Arc<Puller>, rate: f64, seed: u64, mut stop: watch:
         while sent < due {
             let puller = puller.clone();
             let member = picker.next(puller.members);
-            tasks.spawn(async move { puller.pull(member).await });
+            tasks.spawn(async move { puller.pull_via(via, member).await });
             sent += 1;
         }
         while let Some(result) = tasks.try_join_next() {

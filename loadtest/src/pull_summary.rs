@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::stats::Latency;
+use crate::{pull::FloodVia, stats::Latency};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PullSummary {
@@ -68,6 +68,8 @@ pub struct Flood {
     pub ok: bool,
     pub events_per_phase: u64,
     pub pull_rate: f64,
+    /// What answered the pulls.
+    pub via: FloodVia,
     /// The mean of the phases without pulls.
     pub events_per_sec_without_pulls: f64,
     pub events_per_sec_with_pulls: f64,
@@ -167,9 +169,10 @@ impl PullSummary {
                     phase.loadavg
                 ));
                 if let Some(load) = &phase.pulls {
-                    text.push_str(
-                        &load.latency.row(&format!("  {:.0} pulls/s, {} failed", load.per_sec, load.failed)),
-                    );
+                    text.push_str(&load.latency.row(&format!(
+                        "  {:.0} pulls/s by {:?}, {} failed",
+                        load.per_sec, flood.via, load.failed
+                    )));
                     text.push_str(&format!(
                         "  pull service {} µs/pull\n",
                         phase.pull_service_us_per_pull.unwrap_or(0.0)

@@ -150,6 +150,18 @@ fn storm_connects_every_device() {
 
 #[test]
 fn pull_reads_every_members_whole_history() {
+    pull_smoke("pull-service");
+}
+
+/// The flood answered by the hub alone: this process reads each pulled member's document itself.
+#[test]
+fn pull_flood_by_the_hub_alone_reads_every_members_whole_document() {
+    pull_smoke("hub");
+}
+
+/// A small pull run whose flood is answered by `via`: every page or document checked, every
+/// phase drained.
+fn pull_smoke(via: &str) {
     let reno = reno_binary();
     let summary = run_to_end(
         env!("CARGO_BIN_EXE_reno-load"),
@@ -167,6 +179,8 @@ fn pull_reads_every_members_whole_history() {
             "200",
             "--flood-pull-rate",
             "50",
+            "--flood-via",
+            via,
             "--drain-secs",
             "60",
         ],
@@ -181,6 +195,7 @@ fn pull_reads_every_members_whole_history() {
     assert_eq!(summary["pulls"]["wrong"], 0, "{summary}");
     assert_eq!(summary["pulls"]["server_gets"]["count"], 20, "{summary}");
     assert_eq!(summary["pulls"]["server_gets_failed"], 0, "{summary}");
+    assert_eq!(summary["flood"]["via"], via.replace('-', "_"), "{summary}");
     let phases = summary["flood"]["phases"].as_array().expect("the flood's phases");
     assert_eq!(phases.len(), 3, "{summary}");
     for phase in phases {
