@@ -46,7 +46,9 @@ pub enum HistoryError {
 pub struct HistoryReader {
     jetstream: jetstream::Context,
     clock: ServerClock,
-    bounds: Arc<Mutex<Option<(Instant, Bounds, Stream)>>>,
+    /// The bounds last read, with the stream handle they came from (shared, not copied per pull:
+    /// it carries the stream's whole configuration).
+    bounds: Arc<Mutex<Option<(Instant, Bounds, Arc<Stream>)>>>,
 }
 
 /// The history bucket as a whole, at the time of a request.
@@ -109,7 +111,7 @@ impl HistoryReader {
     }
 
     /// The bucket's bounds, read again if `fresh` or older than [`BOUNDS_TTL`].
-    async fn bounds(&self, fresh: bool) -> Result<(Bounds, Stream), HistoryError> {
+    async fn bounds(&self, fresh: bool) -> Result<(Bounds, Arc<Stream>), HistoryError> {
         if let Some((read_at, bounds, stream)) = self.bounds.lock().expect("not poisoned").as_ref()
             && !fresh
             && read_at.elapsed() < BOUNDS_TTL
@@ -128,6 +130,7 @@ impl HistoryReader {
             retention_ms: (!max_age.is_zero())
                 .then(|| u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX)),
         };
+        let stream = Arc::new(stream);
         *self.bounds.lock().expect("not poisoned") = Some((Instant::now(), bounds, stream.clone()));
         Ok((bounds, stream))
     }

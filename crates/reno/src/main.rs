@@ -14,8 +14,7 @@ mod config;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let config = match cli.resolve(std::env::vars()) {
         Ok(config) => config,
@@ -31,7 +30,22 @@ async fn main() -> std::process::ExitCode {
         config::LogFormat::Text => logs.init(),
         config::LogFormat::Json => logs.json().init(),
     }
-    match commands::run(cli.command, config).await {
+    // A separate pull service answers each request with a read and a reply, a few tens of
+    // microseconds of work between waits: on one thread it spends no CPU handing requests between
+    // threads, and it scales by running more of them (decision 28). The worker builds a runtime
+    // per priority itself; everything else is light.
+    let runtime = match cli.command {
+        cli::Command::PullService(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("reno: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli.command, config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("reno: {error:#}");
