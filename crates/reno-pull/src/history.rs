@@ -46,9 +46,15 @@ pub enum HistoryError {
 pub struct HistoryReader {
     jetstream: jetstream::Context,
     clock: ServerClock,
-    /// The bounds last read, with the stream handle they came from (shared, not copied per pull:
-    /// it carries the stream's whole configuration).
-    bounds: Arc<Mutex<Option<(Instant, Bounds, Arc<Stream>)>>>,
+    bounds: Arc<Mutex<Option<CachedBounds>>>,
+}
+
+/// The bounds last read, when, and the stream handle they came from (shared, not copied per pull:
+/// it carries the stream's whole configuration).
+struct CachedBounds {
+    read_at: Instant,
+    bounds: Bounds,
+    stream: Arc<Stream>,
 }
 
 /// The history bucket as a whole, at the time of a request.
@@ -112,11 +118,11 @@ impl HistoryReader {
 
     /// The bucket's bounds, read again if `fresh` or older than [`BOUNDS_TTL`].
     async fn bounds(&self, fresh: bool) -> Result<(Bounds, Arc<Stream>), HistoryError> {
-        if let Some((read_at, bounds, stream)) = self.bounds.lock().expect("not poisoned").as_ref()
+        if let Some(cached) = self.bounds.lock().expect("not poisoned").as_ref()
             && !fresh
-            && read_at.elapsed() < BOUNDS_TTL
+            && cached.read_at.elapsed() < BOUNDS_TTL
         {
-            return Ok((*bounds, stream.clone()));
+            return Ok((cached.bounds, cached.stream.clone()));
         }
         let stream = tokio::time::timeout(READ_TIMEOUT, self.jetstream.get_stream(subject::history_stream()))
             .await
@@ -131,7 +137,8 @@ impl HistoryReader {
                 .then(|| u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX)),
         };
         let stream = Arc::new(stream);
-        *self.bounds.lock().expect("not poisoned") = Some((Instant::now(), bounds, stream.clone()));
+        *self.bounds.lock().expect("not poisoned") =
+            Some(CachedBounds { read_at: Instant::now(), bounds, stream: stream.clone() });
         Ok((bounds, stream))
     }
 }
