@@ -128,6 +128,8 @@ def machine(results):
         ["1-minute load average at the start and end of each run (2 cores)", spread],
         ["last run of run-benchmarks", notes.get("date", "unknown")],
     ]
+    if notes.get("only"):
+        rows.append(["benchmarks in that run (the other tables keep earlier runs' figures)", notes["only"]])
     return table(["what", "value"], rows)
 
 
@@ -152,6 +154,8 @@ def throughput(results):
                      fmt(ratio, 3), f"≥ {target:.2f}", "met" if ratio and ratio >= target else "**not met**",
                      fmt(med(found, "cpu_us_per_event.workers")), fmt(med(found, "cpu_us_per_event.hub")),
                      sum(1 for summary in found if summary.get("ok"))])
+    if not rows:
+        return "(not run)"
     return table(["run", "members", "events per member", "runs", "events/s", "notifications/s",
                   "raw JetStream msgs/s (same run)", "ratio", "target", "", "worker CPU µs/event",
                   "hub CPU µs/event", "runs complete"], rows) + commands(results, named)
@@ -176,6 +180,8 @@ def latency(results):
         else:
             row.append("")
         rows.append(row)
+    if not rows:
+        return "(not run)"
     return table(["offered load", "runs", "published/s", "delivered events/s", "p50 ms", "p90 ms", "p99 ms",
                   "p99.9 ms", "max ms", "runs complete", "target"], rows) + commands(results, LATENCY_RUNS)
 
@@ -255,6 +261,8 @@ def targets(results):
                      "met" if change is not None and abs(change) <= 0.10 else "**not met**"])
     member_commands = [(f"members-{size}{suffix}", f"{size} member ids, {documents}")
                        for suffix, documents in MEMBER_RUNS for size in ["1k", "1m"]]
+    if not rows:
+        return "(not run)"
     return table(["target", "wanted", "measured", ""], rows) + commands(
         results, [("order", "order"), ("kill", "SIGKILLed worker"), ("hostile", "hostile input")] + member_commands)
 
@@ -267,6 +275,7 @@ FLOOR_AHEAD = ("1,000 events handed out ahead per partition, each lane still tak
                "(no per-member order across workers)")
 FLOOR_RUNS = [("floor", FLOOR_ORDERED), ("floor-kept", FLOOR_ORDERED),
               ("floor-unordered", FLOOR_AHEAD), ("floor-unordered-kept", FLOOR_AHEAD),
+              ("floor-unordered-kept-4types", FLOOR_AHEAD + ", four pushes per event (an event for four device types)"),
               ("floor-concurrent", "one partition, 1,000 events handed out ahead and handled at once (no order at all)")]
 FLOOR_STEPS = [("queue", "queue: publish, take, ack"), ("write", "+ one document write per event"),
                ("read_write", "+ read before the write, and a push: all a reno worker does"),
@@ -301,15 +310,23 @@ def floor(results):
                   "hub CPU µs/event", "runs complete"], rows) + commands(results, named)
 
 
-PULL_RUNS = [("pull-10k", "10k entries"), ("pull-10m", "10M entries"), ("pull-10k-cold", "10k entries"),
-             ("pull-10m-cold", "10M entries")]
+PULL_RUNS = [("pull-10k", "10k entries"), ("pull-10m", "10M entries"), ("pull-10m-memory", "10M entries in memory"),
+             ("pull-10k-cold", "10k entries"), ("pull-10m-cold", "10M entries"),
+             ("pull-10m-memory-cold", "10M entries in memory")]
 # The flood's runs: answered by the pull service, and by the hub alone (no pull service).
 FLOOD_RUNS = [("pull-10k", "the pull service"), ("pull-10k-hub", "the hub alone (direct gets)"),
-              ("pull-10m", "the pull service"), ("pull-10m-hub", "the hub alone (direct gets)")]
+              ("pull-10m", "the pull service"), ("pull-10m-hub", "the hub alone (direct gets)"),
+              ("pull-10m-memory", "the pull service")]
 
 
 def history_label(found):
     return f"{fmt(med(found, 'history_entries'))} ({fmt(med(found, 'members'))} members × {fmt(med(found, 'entries'))})"
+
+
+def storage(found):
+    """Where the runs kept the history (file for runs from before the setting)."""
+    kinds = sorted({summary.get("history_storage", "file") for summary in found})
+    return ", ".join(kinds)
 
 
 def pull(results):
@@ -322,7 +339,8 @@ def pull(results):
         p99 = med(found, "pulls.latency.p99_ms")
         checked = sum(dig(summary, "pulls.latency.count") or 0 for summary in found)
         wrong = sum((dig(summary, "pulls.wrong") or 0) + (dig(summary, "pulls.failed") or 0) for summary in found)
-        latency_rows.append([history_label(found), "right after the fill" if not idle else f"after {fmt(idle)} s idle", len(found)]
+        latency_rows.append([history_label(found), storage(found),
+                             "right after the fill" if not idle else f"after {fmt(idle)} s idle", len(found)]
                             + [fmt(med(found, f"pulls.latency.{key}"), 2)
                                for key in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]]
                             + [fmt(med(found, "pulls.server_gets.p99_ms"), 2),
@@ -355,7 +373,8 @@ def pull(results):
         def without_with(path):
             return f"{fmt(without_med(path))} / {fmt(phase_med(1, path))}"
 
-        flood_rows.append([history_label(flooded), answered_by, len(flooded), fmt(med(flooded, "flood.events_per_phase")),
+        flood_rows.append([history_label(flooded), storage(flooded), answered_by, len(flooded),
+                           fmt(med(flooded, "flood.events_per_phase")),
                            fmt(med(flooded, "flood.events_per_sec_without_pulls")),
                            fmt(med(flooded, "flood.events_per_sec_with_pulls")), fmt(ratio, 3),
                            fmt(phase_med(1, "pulls.per_sec")), fmt(phase_med(1, "pulls.latency.p99_ms"), 2),
@@ -366,11 +385,11 @@ def pull(results):
                            "met" if ratio is not None and ratio >= 0.90 else "**not met**"])
     if not latency_rows and not flood_rows:
         return "(not run)"
-    text = table(["entries in history", "measured", "runs", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+    text = table(["entries in history", "kept in", "measured", "runs", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
                   "the hub's own direct get, p99 ms", "first pull ms", "pages checked (wrong or failed)", "fill documents/s", "history MiB",
                   "p99 ≤ 5 ms"], latency_rows)
     if flood_rows:
-        text += "\n\n" + table(["entries in history", "pulls answered by", "runs", "events per phase",
+        text += "\n\n" + table(["entries in history", "kept in", "pulls answered by", "runs", "events per phase",
                                  "workers' events/s without pulls", "with the pulls", "ratio", "pulls/s",
                                  "pull p99 ms in the flood", "pulls failed", "hub µs/event without / with",
                                  "worker µs/event without / with", "load generator µs/event without / with",
@@ -432,6 +451,9 @@ def main():
         if wanted and name not in wanted:
             continue
         content = section(results)
+        if content == "(not run)":
+            # Nothing of it in RESULTS_DIR (a partial run, or results gone): keep what stands.
+            continue
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
         text = pattern.sub(lambda match: match.group(1) + content + "\n" + match.group(2), text)
     with open(doc, "w") as file:

@@ -10,8 +10,9 @@
 //! - `write`: also one store of the member's document (a publish into a stream that keeps one
 //!   message per subject, as the history bucket does) awaited before the ack.
 //! - `read_write`: also the read before the write (a direct get of the member's last message), the
-//!   write conditional on it (`Nats-Expected-Last-Subject-Sequence`), and a core publish (the push):
-//!   every server operation a reno worker does for an event.
+//!   write conditional on it (`Nats-Expected-Last-Subject-Sequence`), and a core publish (the push;
+//!   `--pushes` of them, as a worker pushes once per device type the event targets): every server
+//!   operation a reno worker does for an event.
 //!
 //! - `kept_write` (run only when `--steps` names it): the conditional write on the revision this
 //!   process wrote last for the member, and the push, without the read: what a worker would do if
@@ -76,6 +77,10 @@ pub struct FloorArgs {
     /// without the read: what a worker that sees every event of its partitions would do
     #[arg(long, value_delimiter = ',')]
     pub steps: Vec<Step>,
+    /// Pushes (core publishes) per event in the steps that push: one per device type the event
+    /// targets (1 to 16)
+    #[arg(long, default_value_t = 1)]
+    pub pushes: u32,
     /// Bytes of each event and document
     #[arg(long, default_value_t = 200)]
     pub bytes: usize,
@@ -141,6 +146,8 @@ pub struct FloorSummary {
     pub partitions: u16,
     pub max_ack_pending: i64,
     pub concurrent: bool,
+    /// Pushes per event in the steps that push.
+    pub pushes: u32,
     pub bytes: usize,
     pub raw_msgs_per_sec: f64,
     pub steps: Vec<StepSummary>,
@@ -150,12 +157,13 @@ pub struct FloorSummary {
 impl FloorSummary {
     pub fn table(&self) -> String {
         let mut table = format!(
-            "floor: {} members, {} partitions, max_ack_pending {}, concurrent {}, {} B; raw JetStream publish {:.0} msgs/s\n\
+            "floor: {} members, {} partitions, max_ack_pending {}, concurrent {}, {} push(es), {} B; raw JetStream publish {:.0} msgs/s\n\
              step        events/s   ratio  hub µs/event  complete\n",
             self.members,
             self.partitions,
             self.max_ack_pending,
             self.concurrent,
+            self.pushes,
             self.bytes,
             self.raw_msgs_per_sec
         );
@@ -176,6 +184,9 @@ impl FloorSummary {
 pub async fn run(args: &FloorArgs) -> Result<FloorSummary> {
     if args.partitions == 0 || args.members == 0 || args.events == 0 {
         bail!("--partitions, --members and --events must be above 0");
+    }
+    if !(1..=16).contains(&args.pushes) {
+        bail!("--pushes must be 1 to 16 (one per device type an event targets)");
     }
     let load_before = probe::loadavg();
     let topology = Topology::start(&args.topology, Needs::Hub).await?;
@@ -215,6 +226,7 @@ pub async fn run(args: &FloorArgs) -> Result<FloorSummary> {
         partitions: args.partitions,
         max_ack_pending: args.max_ack_pending,
         concurrent: args.concurrent,
+        pushes: args.pushes,
         bytes: args.bytes,
         raw_msgs_per_sec: round(raw, 1),
         steps,
@@ -226,8 +238,10 @@ pub async fn run(args: &FloorArgs) -> Result<FloorSummary> {
 struct Lanes {
     /// For the document writes.
     jetstream: jetstream::Context,
-    /// For the push, a core publish.
+    /// For the pushes, core publishes.
     client: async_nats::Client,
+    /// Pushes per event.
+    pushes: u32,
     /// The documents' stream, for the reads (direct gets).
     documents: stream::Stream,
     /// `loadtest.floor.<run>`: this step's subjects, apart from any other run's.
@@ -298,6 +312,7 @@ async fn run_step(topology: &Topology, args: &FloorArgs, step: Step, payload: By
     let lanes = Arc::new(Lanes {
         jetstream: jetstream.clone(),
         client: topology.client.clone(),
+        pushes: args.pushes,
         documents,
         prefix: prefix.clone(),
         step,
@@ -435,7 +450,12 @@ async fn handle(lanes: &Lanes, message: &jetstream::Message) -> Result<()> {
             kept.insert(member.to_owned(), stored.sequence);
         }
         if expected.is_some() {
-            lanes.client.publish(format!("{}.push.{member}", lanes.prefix), message.payload.clone()).await?;
+            for push in 0..lanes.pushes {
+                lanes
+                    .client
+                    .publish(format!("{}.push.{push}.{member}", lanes.prefix), message.payload.clone())
+                    .await?;
+            }
         }
     }
     message.ack().await.map_err(|error| anyhow::anyhow!("ack: {error}"))?;

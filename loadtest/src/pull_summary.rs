@@ -2,7 +2,10 @@
 
 use serde::Serialize;
 
-use crate::{pull::FloodVia, stats::Latency};
+use crate::{
+    pull::{FloodVia, HistoryStorage},
+    stats::Latency,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PullSummary {
@@ -16,6 +19,8 @@ pub struct PullSummary {
     /// members × entries.
     pub history_entries: u64,
     pub payload_bytes: usize,
+    /// Where the history was kept.
+    pub history_storage: HistoryStorage,
     /// Seconds waited between filling and measuring.
     pub idle_secs: f64,
     pub fill: Fill,
@@ -125,8 +130,13 @@ impl PullSummary {
     pub fn table(&self) -> String {
         let fill = &self.fill;
         let mut text = format!(
-            "pull | {} members × {} entries = {} entries in history, payload {} B, document {} B\n",
-            self.members, self.entries, self.history_entries, self.payload_bytes, fill.document_bytes
+            "pull | {} members × {} entries = {} entries in history ({:?} storage), payload {} B, document {} B\n",
+            self.members,
+            self.entries,
+            self.history_entries,
+            self.history_storage,
+            self.payload_bytes,
+            fill.document_bytes
         );
         text.push_str(&format!(
             "filled {} documents in {:.1} s ({:.0}/s), failed {}; history {} messages, {:.1} MiB; hub RSS {:?} MiB\n",
@@ -169,14 +179,23 @@ impl PullSummary {
                     phase.loadavg
                 ));
                 if let Some(load) = &phase.pulls {
-                    text.push_str(&load.latency.row(&format!(
-                        "  {:.0} pulls/s by {:?}, {} failed",
-                        load.per_sec, flood.via, load.failed
-                    )));
-                    text.push_str(&format!(
-                        "  pull service {} µs/pull\n",
-                        phase.pull_service_us_per_pull.unwrap_or(0.0)
-                    ));
+                    let via = match flood.via {
+                        FloodVia::PullService => "the pull service",
+                        FloodVia::Hub => "the hub alone",
+                    };
+                    text.push_str(
+                        &load
+                            .latency
+                            .row(&format!("  {:.0} pulls/s by {via}, {} failed", load.per_sec, load.failed)),
+                    );
+                    if flood.via == FloodVia::PullService {
+                        text.push_str(&format!(
+                            "  pull service {} µs/pull\n",
+                            phase.pull_service_us_per_pull.unwrap_or(0.0)
+                        ));
+                    } else {
+                        text.push('\n');
+                    }
                 }
             }
             text.push_str(&format!(
