@@ -42,10 +42,6 @@ pub struct PullArgs {
     /// streams' limit below, it must fit the hub's store (8 GB, nats/hub.conf)
     #[arg(long, default_value_t = 6 << 30)]
     pub history_max_bytes: u64,
-    /// Where the history is kept (`streams.history_storage`): in memory, the hub's
-    /// `max_memory_store` (8 GB in nats/hub.conf) must hold --history-max-bytes
-    #[arg(long, value_enum, default_value_t = HistoryStorage::File)]
-    pub history_storage: HistoryStorage,
     /// Bytes each priority stream may hold (`streams.event_max_bytes`): smaller than the default,
     /// to leave the hub's store to the history
     #[arg(long, default_value_t = 256 << 20)]
@@ -76,14 +72,6 @@ pub struct PullArgs {
     /// Seconds to wait for the workers to drain each phase of the flood
     #[arg(long, default_value_t = 600.0)]
     pub drain_secs: f64,
-}
-
-/// Where the history is kept, as `streams.history_storage` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum HistoryStorage {
-    File,
-    Memory,
 }
 
 /// What answers the flood's pulls.
@@ -380,14 +368,6 @@ pub async fn run(args: &PullArgs) -> Result<PullSummary> {
     topology_args.env.extend([
         ("RENO_STREAMS_HISTORY_MAX_BYTES".to_owned(), args.history_max_bytes.to_string()),
         ("RENO_STREAMS_EVENT_MAX_BYTES".to_owned(), args.event_max_bytes.to_string()),
-        (
-            "RENO_STREAMS_HISTORY_STORAGE".to_owned(),
-            match args.history_storage {
-                HistoryStorage::File => "file",
-                HistoryStorage::Memory => "memory",
-            }
-            .to_owned(),
-        ),
     ]);
     let topology = Topology::start(&topology_args, Needs::Pipeline).await?;
 
@@ -432,7 +412,6 @@ pub async fn run(args: &PullArgs) -> Result<PullSummary> {
         entries: args.entries,
         history_entries: u64::from(args.members) * u64::from(args.entries),
         payload_bytes: args.payload_bytes,
-        history_storage: args.history_storage,
         idle_secs: args.idle_secs,
         fill,
         pulls,

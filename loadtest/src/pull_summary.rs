@@ -2,10 +2,7 @@
 
 use serde::Serialize;
 
-use crate::{
-    pull::{FloodVia, HistoryStorage},
-    stats::Latency,
-};
+use crate::{pull::FloodVia, stats::Latency};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PullSummary {
@@ -19,8 +16,6 @@ pub struct PullSummary {
     /// members × entries.
     pub history_entries: u64,
     pub payload_bytes: usize,
-    /// Where the history was kept.
-    pub history_storage: HistoryStorage,
     /// Seconds waited between filling and measuring.
     pub idle_secs: f64,
     pub fill: Fill,
@@ -130,13 +125,8 @@ impl PullSummary {
     pub fn table(&self) -> String {
         let fill = &self.fill;
         let mut text = format!(
-            "pull | {} members × {} entries = {} entries in history ({:?} storage), payload {} B, document {} B\n",
-            self.members,
-            self.entries,
-            self.history_entries,
-            self.history_storage,
-            self.payload_bytes,
-            fill.document_bytes
+            "pull | {} members × {} entries = {} entries in history, payload {} B, document {} B\n",
+            self.members, self.entries, self.history_entries, self.payload_bytes, fill.document_bytes
         );
         text.push_str(&format!(
             "filled {} documents in {:.1} s ({:.0}/s), failed {}; history {} messages, {:.1} MiB; hub RSS {:?} MiB\n",

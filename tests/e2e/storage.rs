@@ -1,8 +1,7 @@
 //! Storage stays bounded without losing events: dead letters keep at most 64 KiB of an event and
 //! the oldest make room for new ones, and a full history refuses writes, so events wait in their
-//! priority stream until there is room again. The history can be kept in memory instead of files.
+//! priority stream until there is room again.
 
-use async_nats::jetstream::stream::StorageType;
 use futures::{StreamExt, stream};
 use reno_model::{Value, subject};
 
@@ -74,46 +73,4 @@ async fn a_full_history_holds_events_back_until_there_is_room() {
         assert_eq!(seen, expected, "{device_type}");
     }
     assert_eq!(stack.counter(worker, "reno_worker_events_total", &[("outcome", "dead_lettered")]).await, 0);
-}
-
-/// `streams.history_storage = "memory"`: the history bucket lives in the hub's memory, workers write
-/// it and devices pull from it as from a file; and provisioning refuses to move an existing
-/// history to another storage in place, saying what to do, without touching it.
-#[tokio::test]
-async fn a_history_in_memory_serves_pulls_and_keeps_its_storage() {
-    let mut stack = Stack::start_with(Some(REGISTRY), &["--history-storage", "memory"]).await;
-    let storage = |stack: &Stack| {
-        let jetstream = stack.jetstream.clone();
-        async move {
-            let mut history = jetstream.get_stream(subject::history_stream()).await.unwrap();
-            history.info().await.unwrap().config.storage
-        }
-    };
-    assert_eq!(storage(&stack).await, StorageType::Memory);
-    stack.start_pull_service().await;
-    let worker = stack.start_worker(&[]);
-    let events: Vec<_> = (0..5).map(|index| event("lasting", "mem", text(&format!("v{index}")))).collect();
-    for envelope in &events {
-        stack.publisher().publish(envelope).await.unwrap();
-    }
-    stack.wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], 5).await;
-    let page = stack.pull_page("mem", "tv", 0, 100).await;
-    let ids: Vec<_> = page.notifications.iter().map(|notification| notification.id.clone()).collect();
-    let expected: Vec<_> = events.iter().map(|envelope| envelope.id.clone()).collect();
-    assert_eq!(ids, expected);
-    assert!(!page.more && !page.resync);
-
-    // The configuration says file now: provisioning stops with the way out, and the history stays.
-    let output = stack.reno(&["provision", "--history-storage", "file"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "provision moved the history: {stderr}");
-    assert!(
-        stderr.contains("kept in memory storage and cannot move to file")
-            && stderr.contains("streams.history_storage = \"memory\""),
-        "{stderr}"
-    );
-    assert_eq!(storage(&stack).await, StorageType::Memory);
-    assert_eq!(stack.pull_page("mem", "tv", 0, 100).await.notifications.len(), 5);
-    // Said again as it was, provisioning goes through.
-    stack.provision(&["--history-storage", "memory"]);
 }

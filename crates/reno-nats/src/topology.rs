@@ -40,12 +40,6 @@ pub struct Topology {
     /// retry the events, which wait in their priority streams, until entries expire or the limit
     /// is raised.
     pub history_max_bytes: i64,
-    /// Where the history is kept. `File` (the default) survives any restart, but a read of a
-    /// document not in the server's cache loads the whole message block that holds it. `Memory`
-    /// never reads from disk, needs `history_max_bytes` of the hub's `max_memory_store` on every
-    /// replica, and is gone when every replica restarts at once (provision again; devices are told
-    /// to resync by the new epoch). Fixed when the bucket is created.
-    pub history_storage: StorageType,
     /// How long dead letters are kept for inspection and replay.
     pub dead_letter_retention: Duration,
     /// Bytes the dead letters may hold. When full, the oldest dead letters are dropped to make room:
@@ -74,7 +68,6 @@ impl Default for Topology {
             history_retention: Duration::from_secs(7 * 24 * 3600),
             history_max_entries: reno_model::history::DEFAULT_MAX_ENTRIES as u32,
             history_max_bytes: 4 << 30,
-            history_storage: StorageType::File,
             dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
             dead_letter_max_bytes: 256 << 20,
             presence_ttl: Duration::from_secs(60),
@@ -100,16 +93,6 @@ pub enum ProvisionError {
     Stream { name: String, source: async_nats::Error },
     #[error("cannot provision the history bucket {HISTORY}: {source}", HISTORY = subject::HISTORY_BUCKET)]
     History { source: async_nats::Error },
-    #[error(
-        "cannot provision the history bucket {HISTORY} in memory: {source}; the hub's jetstream max_memory_store must hold streams.history_max_bytes ({max_bytes} bytes) beside the presence bucket (256 MiB) on every node",
-        HISTORY = subject::HISTORY_BUCKET
-    )]
-    HistoryInMemory { max_bytes: i64, source: async_nats::Error },
-    #[error(
-        "the history bucket {HISTORY} is kept in {existing} storage and cannot move to {wanted} in place: set streams.history_storage = \"{existing}\", or delete the bucket (its notifications are lost, and devices are told to resync) and provision again",
-        HISTORY = subject::HISTORY_BUCKET
-    )]
-    HistoryStorage { existing: &'static str, wanted: &'static str },
     #[error("cannot provision the presence bucket {PRESENCE}: {source}", PRESENCE = subject::PRESENCE_BUCKET)]
     Presence { source: async_nats::Error },
     #[error("cannot provision the trace bucket {TRACE}: {source}", TRACE = subject::TRACE_BUCKET)]
@@ -131,14 +114,6 @@ pub struct ProvisionReport {
     pub streams: Vec<(String, Vec<String>)>,
     /// Events moved into their partition because they were stored under another layout.
     pub rehomed: u64,
-}
-
-/// How `streams.history_storage` names a storage type.
-pub fn storage_name(storage: StorageType) -> &'static str {
-    match storage {
-        StorageType::File => "file",
-        StorageType::Memory => "memory",
-    }
 }
 
 /// The stream metadata key that holds a priority stream's partition count, for workers to read.
@@ -318,27 +293,14 @@ pub async fn provision(
         // Discard new (the KV default): a full history refuses writes rather than dropping the
         // oldest documents, whole members' histories, without a trace.
         max_bytes: topology.history_max_bytes,
-        storage: topology.history_storage,
+        storage: StorageType::File,
         num_replicas: topology.replicas,
         ..Default::default()
     };
-    // A stream's storage cannot change; say so before the server refuses the update.
-    if let Ok(mut existing) = jetstream.get_stream(subject::history_stream()).await {
-        let existing =
-            existing.info().await.map_err(|source| ProvisionError::History { source: source.into() })?;
-        if existing.config.storage != topology.history_storage {
-            return Err(ProvisionError::HistoryStorage {
-                existing: storage_name(existing.config.storage),
-                wanted: storage_name(topology.history_storage),
-            });
-        }
-    }
-    jetstream.create_or_update_key_value(history).await.map_err(|source| match topology.history_storage {
-        StorageType::Memory => {
-            ProvisionError::HistoryInMemory { max_bytes: topology.history_max_bytes, source: source.into() }
-        }
-        StorageType::File => ProvisionError::History { source: source.into() },
-    })?;
+    jetstream
+        .create_or_update_key_value(history)
+        .await
+        .map_err(|source| ProvisionError::History { source: source.into() })?;
     // KV settings have no metadata of their own: it goes on the bucket's stream.
     let history_error = |source: async_nats::Error| ProvisionError::History { source };
     let mut stream =

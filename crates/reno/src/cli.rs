@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use reno_model::{CollapseKey, DeviceId, DeviceType, EventId, EventType, MemberId, Position, Priority};
 
-use crate::config::{AdminAddr, Config, ConfigError, HistoryStorage, LogFormat};
+use crate::config::{AdminAddr, Config, ConfigError, LogFormat};
 
 #[derive(Parser)]
 #[command(name = "reno", version, about = "Rapid Event Notification System on NATS JetStream")]
@@ -224,11 +224,6 @@ pub struct ProvisionArgs {
     /// priority streams until entries expire or the limit is raised [config: streams.history_max_bytes].
     #[arg(long)]
     pub history_max_bytes: Option<i64>,
-    /// Where the history is kept: file, or memory (no disk reads; needs the hub's
-    /// max_memory_store to hold --history-max-bytes; lost when every replica restarts at once)
-    /// [config: streams.history_storage].
-    #[arg(long, value_enum)]
-    pub history_storage: Option<HistoryStorage>,
     /// Bytes the dead letters may hold; when full, the oldest are dropped
     /// [config: streams.dead_letter_max_bytes].
     #[arg(long)]
@@ -256,7 +251,6 @@ impl ProvisionArgs {
         set(&mut streams.event_max_bytes, self.event_max_bytes);
         set(&mut streams.history_max_entries, self.history_max_entries);
         set(&mut streams.history_max_bytes, self.history_max_bytes);
-        set(&mut streams.history_storage, self.history_storage);
         set(&mut streams.dead_letter_max_bytes, self.dead_letter_max_bytes);
         set(&mut streams.presence_ttl_secs, self.presence_ttl_secs);
         set(&mut streams.duplicate_window_secs, self.duplicate_window_secs);

@@ -5,7 +5,6 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use async_nats::jetstream::stream::StorageType;
 use reno_model::Priority;
 use reno_nats::Topology;
 use reno_worker::PoolConfig;
@@ -110,9 +109,6 @@ pub struct StreamsSection {
     pub history_max_entries: u32,
     /// Bytes the history may hold; when full, it refuses new entries and events wait.
     pub history_max_bytes: i64,
-    /// Where the history is kept: `file`, or `memory` (fast cold reads, RAM for
-    /// `history_max_bytes` on every replica, gone when every replica restarts at once).
-    pub history_storage: HistoryStorage,
     /// Seconds dead letters are kept.
     pub dead_letter_retention_secs: u64,
     /// Bytes the dead letters may hold; when full, the oldest are dropped.
@@ -188,23 +184,6 @@ pub struct LogSection {
     pub level: String,
     /// `text` for people, `json` for log collectors.
     pub format: LogFormat,
-}
-
-/// Where the history is kept (`streams.history_storage`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum HistoryStorage {
-    File,
-    Memory,
-}
-
-impl HistoryStorage {
-    fn storage_type(self) -> StorageType {
-        match self {
-            HistoryStorage::File => StorageType::File,
-            HistoryStorage::Memory => StorageType::Memory,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -296,10 +275,6 @@ impl Default for StreamsSection {
             history_retention_secs: topology.history_retention.as_secs(),
             history_max_entries: topology.history_max_entries,
             history_max_bytes: topology.history_max_bytes,
-            history_storage: match topology.history_storage {
-                StorageType::File => HistoryStorage::File,
-                StorageType::Memory => HistoryStorage::Memory,
-            },
             dead_letter_retention_secs: topology.dead_letter_retention.as_secs(),
             dead_letter_max_bytes: topology.dead_letter_max_bytes,
             ack_wait_secs: topology.ack_wait.as_secs(),
@@ -501,7 +476,6 @@ impl Config {
             history_retention: Duration::from_secs(streams.history_retention_secs),
             history_max_entries: streams.history_max_entries,
             history_max_bytes: streams.history_max_bytes,
-            history_storage: streams.history_storage.storage_type(),
             dead_letter_retention: Duration::from_secs(streams.dead_letter_retention_secs),
             dead_letter_max_bytes: streams.dead_letter_max_bytes,
             ack_wait: Duration::from_secs(streams.ack_wait_secs),
@@ -634,7 +608,6 @@ mod tests {
             ("RENO_WORKER_LOW_THREADS", "3"),
             ("RENO_WORKER_PRIORITIES", "high, low"),
             ("RENO_WORKER_ADMIN_ADDR", "off"),
-            ("RENO_STREAMS_HISTORY_STORAGE", "memory"),
             ("HOME", "/root"),
         ];
         config.apply_env(env.iter().map(|(name, value)| (name.to_string(), value.to_string()))).unwrap();
@@ -643,7 +616,6 @@ mod tests {
         assert_eq!(config.pool(Priority::Low).threads, 3);
         assert_eq!(config.worker.priorities, [Priority::High, Priority::Low]);
         assert_eq!(config.worker.admin_addr, AdminAddr(None));
-        assert_eq!(config.topology().history_storage, StorageType::Memory);
         let bad = [("RENO_WORKER_MAX_DELIVERIES".to_string(), "many".to_string())];
         let message = config.apply_env(bad).unwrap_err().to_string();
         assert!(message.contains("RENO_WORKER_MAX_DELIVERIES"), "{message}");
@@ -694,7 +666,6 @@ mod tests {
             ("[worker]\npriorities = [\"urgent\"]\n", "unknown variant `urgent`"),
             ("[worker]\nadmin_addr = \"nowhere\"\n", "\"nowhere\" is not HOST:PORT or off"),
             ("[streams]\nreplicas = \"three\"\n", "invalid type"),
-            ("[streams]\nhistory_storage = \"disk\"\n", "unknown variant `disk`, expected `file` or `memory`"),
         ];
         for (text, expected) in cases {
             let message = Config::from_toml(text).unwrap_err();
