@@ -419,6 +419,8 @@ def goose(results):
             row.append(fmt(median([metric(report, "raw_response_metrics", key) for report in reports])))
         row.append(fmt(median([metric(report, "raw_request_metrics", "number_of_failures") for report in reports])))
         rows.append(row)
+    if not rows:
+        return "(not run)"
     return table(["scenario", "runs", "requests/s", "mean ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "failures"],
                  rows)
 

@@ -32,8 +32,8 @@ fn main() -> std::process::ExitCode {
     }
     // A separate pull service answers each request with a read and a reply, a few tens of
     // microseconds of work between waits: on one thread it spends no CPU handing requests between
-    // threads, and it scales by running more of them (decision 28). The worker builds a runtime
-    // per priority itself; everything else is light.
+    // threads, and it scales by running more of them (decision 28); the presence tracker beside it
+    // shares that thread. The worker builds a runtime per priority itself; everything else is light.
     let runtime = match cli.command {
         cli::Command::PullService(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
