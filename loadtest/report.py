@@ -283,7 +283,12 @@ FLOOR_STEPS = [("queue", "queue: publish, take, ack"), ("write", "+ one document
                               "without the read")]
 
 
-def floor(results):
+RENO_FLOOR_ROW = "reno itself (the throughput table's one-type run, 30,000 members)"
+
+
+def floor(results, standing=""):
+    """`standing`: the table as it stands, whose reno row is kept when the throughput runs' results
+    are not in RESULTS_DIR (the floor rerun alone)."""
     rows, named = [], []
     for name, label in FLOOR_RUNS:
         found = runs(results, name)
@@ -301,9 +306,12 @@ def floor(results):
                          fmt(med(entries, "hub_cpu_us_per_event"), 1), complete])
     reno = runs(results, "throughput-1type-30k")
     if rows and reno:
-        rows.append(["reno itself (the throughput table's one-type run, 30,000 members)", "everything", len(reno),
+        rows.append([RENO_FLOOR_ROW, "everything", len(reno),
                      fmt(med(reno, "events_per_sec")), fmt(med(reno, "raw_msgs_per_sec")), fmt(med(reno, "ratio"), 3),
                      fmt(med(reno, "cpu_us_per_event.hub"), 1), sum(1 for summary in reno if summary.get("ok"))])
+    elif rows:
+        kept = [line for line in standing.splitlines() if line.startswith(f"| {RENO_FLOOR_ROW} |")]
+        rows += [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in kept[:1]]
     if not rows:
         return "(not run)"
     return table(["consumers", "work per event", "runs", "events/s", "raw JetStream msgs/s (same run)", "ratio",
@@ -446,11 +454,13 @@ def main():
     for name, section in sections.items():
         if wanted and name not in wanted:
             continue
-        content = section(results)
+        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
+        standing = pattern.search(text)
+        content = (section(results, standing.group(0)) if name == "floor" and standing
+                   else section(results))
         if content == "(not run)":
             # Nothing of it in RESULTS_DIR (a partial run, or results gone): keep what stands.
             continue
-        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
         text = pattern.sub(lambda match: match.group(1) + content + "\n" + match.group(2), text)
     with open(doc, "w") as file:
         file.write(text)
