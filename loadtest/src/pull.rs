@@ -3,7 +3,13 @@
 //! service, timed and checked; then the workers' throughput with and without a flood of pulls
 //! (see [`crate::pull_flood`]).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use async_nats::{HeaderMap, jetstream};
@@ -94,12 +100,19 @@ pub enum PullFailure {
     Wrong(String),
 }
 
+/// Connections the load generator reads documents on: as many as a pull service's
+/// (`pull.read_connections`' default).
+const HUB_READ_CONNECTIONS: usize = 16;
+
 /// What is needed to ask for and check one member's page.
 #[derive(Clone)]
 pub struct Puller {
     pub client: async_nats::Client,
-    /// The history stream, for reading a document straight from the hub.
-    pub history: jetstream::stream::Stream,
+    /// The history stream on connections of their own, for reading a document straight from the
+    /// hub, taken in turn: the hub answers one connection's reads one after another, as the pull
+    /// service's read connections are.
+    pub reads: Arc<[jetstream::stream::Stream<()>]>,
+    pub next_read: Arc<AtomicUsize>,
     pub device_type: DeviceType,
     pub members: u32,
     pub entries: u32,
@@ -146,7 +159,8 @@ impl Puller {
         let started = Instant::now();
         let got = tokio::time::timeout(
             Duration::from_secs(10),
-            self.history.direct_get_last_for_subject(subject::history_subject(&member)),
+            self.reads[self.next_read.fetch_add(1, Ordering::Relaxed) % self.reads.len()]
+                .direct_get_last_for_subject(subject::history_subject(&member)),
         )
         .await;
         let latency_us = started.elapsed().as_micros() as u64;
@@ -376,10 +390,15 @@ pub async fn run(args: &PullArgs) -> Result<PullSummary> {
         tokio::time::sleep(Duration::from_secs_f64(args.idle_secs)).await;
     }
     let load_at_pulls = probe::loadavg();
-    let history = topology.jetstream.get_stream(subject::history_stream()).await?;
+    let mut reads = Vec::with_capacity(HUB_READ_CONNECTIONS);
+    for lane in 0..HUB_READ_CONNECTIONS {
+        let client = topology.connect(&format!("reno-load-read-{lane}")).await?;
+        reads.push(jetstream::new(client).get_stream_no_info(subject::history_stream()).await?);
+    }
     let puller = Puller {
         client: topology.client.clone(),
-        history,
+        reads: reads.into(),
+        next_read: Arc::default(),
         device_type,
         members: args.members,
         entries: args.entries,

@@ -97,12 +97,9 @@ impl Topology {
                 (Some(cluster), hub, edge, secrets, None)
             }
         };
-        let endpoint = reno_nats::Endpoint {
-            url: hub_url.clone(),
-            nkey_seed: Some(read_trimmed(&secrets.join("reno.nk"))?),
-            ..reno_nats::Endpoint::default()
-        };
-        let client = reno_nats::connect(&endpoint, "reno-load").await.context("connecting to the hub")?;
+        let client = reno_nats::connect(&reno_endpoint(&hub_url, &secrets)?, "reno-load")
+            .await
+            .context("connecting to the hub")?;
         let mut topology = Topology {
             jetstream: jetstream::new(client.clone()),
             client,
@@ -121,6 +118,13 @@ impl Topology {
             topology.start_reno(args, needs).await?;
         }
         Ok(topology)
+    }
+
+    /// Another connection to the hub, as reno's own account.
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client> {
+        reno_nats::connect(&reno_endpoint(&self.hub_url, &self.secrets)?, name)
+            .await
+            .context("connecting to the hub")
     }
 
     /// Whether this run started the topology (and so its reno processes).
@@ -393,6 +397,15 @@ impl Topology {
         }
         text
     }
+}
+
+/// The hub at `hub_url` as reno's own account, whose seed is in `secrets`.
+fn reno_endpoint(hub_url: &str, secrets: &Path) -> Result<reno_nats::Endpoint> {
+    Ok(reno_nats::Endpoint {
+        url: hub_url.to_owned(),
+        nkey_seed: Some(read_trimmed(&secrets.join("reno.nk"))?),
+        ..reno_nats::Endpoint::default()
+    })
 }
 
 fn read_trimmed(path: &Path) -> Result<String> {

@@ -229,34 +229,58 @@ async fn entries_lost_to_retention_are_a_gap() {
     assert_eq!(received, later);
 }
 
-/// What the server sent the pull service's connection so far: messages and bytes (from the
-/// server's own connection list, not from reno).
-fn sent_to_pull_service(stack: &Stack) -> (u64, u64) {
+/// What the server sent the pull service so far, in messages and bytes (from the server's own
+/// connection list, not from reno): on the connection it takes requests on, and on the connections
+/// it reads documents on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sent {
+    requests: (u64, u64),
+    reads: (u64, u64),
+}
+
+fn sent_to_pull_service(stack: &Stack) -> Sent {
     let (_, body) = stack.cluster.hub(0).monitor("/connz?subs=1&limit=1024").expect("connz");
     // The body as the monitoring endpoint sent it, chunked or not: the JSON object inside.
     let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
     let connz: serde_json::Value = serde_json::from_str(json).unwrap();
-    let connection = connz["connections"]
-        .as_array()
-        .unwrap()
+    let connections = connz["connections"].as_array().unwrap();
+    let sent = |connection: &serde_json::Value| {
+        (connection["out_msgs"].as_u64().unwrap(), connection["out_bytes"].as_u64().unwrap())
+    };
+    let requests = connections
         .iter()
         .find(|connection| {
             connection["subscriptions_list"].as_array().is_some_and(|subscriptions| {
                 subscriptions.iter().any(|subject| subject == subject::PULL_SUBJECTS)
             })
         })
+        .map(sent)
         .expect("the pull service's connection");
-    (connection["out_msgs"].as_u64().unwrap(), connection["out_bytes"].as_u64().unwrap())
+    let readers: Vec<(u64, u64)> = connections
+        .iter()
+        .filter(|connection| {
+            connection["name"].as_str().is_some_and(|name| name.starts_with("reno-pull-read-"))
+        })
+        .map(sent)
+        .collect();
+    assert_eq!(
+        readers.len(),
+        16,
+        "the pull service's read connections (pull.read_connections, 16 by default)"
+    );
+    let reads = readers.iter().fold((0, 0), |total, read| (total.0 + read.0, total.1 + read.1));
+    Sent { requests, reads }
 }
 
 /// One pull of `member`'s tv history, with what the server sent the pull service for it.
-async fn measured_pull(stack: &Stack, member: &str) -> (reno_model::PullPage, u64, u64) {
+async fn measured_pull(stack: &Stack, member: &str) -> (reno_model::PullPage, Sent) {
     // Past the service's reuse of the bucket's bounds, so that every measured pull reads them.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (messages, bytes) = sent_to_pull_service(stack);
+    let before = sent_to_pull_service(stack);
     let page = stack.pull_page(member, "tv", 0, 100).await;
-    let (messages_after, bytes_after) = sent_to_pull_service(stack);
-    (page, messages_after - messages, bytes_after - bytes)
+    let after = sent_to_pull_service(stack);
+    let delta = |after: (u64, u64), before: (u64, u64)| (after.0 - before.0, after.1 - before.1);
+    (page, Sent { requests: delta(after.requests, before.requests), reads: delta(after.reads, before.reads) })
 }
 
 #[tokio::test]
@@ -264,7 +288,7 @@ async fn heavy_a_pull_reads_only_its_members_history() {
     let mut stack = Stack::start().await;
     let worker = stack.start_all().await;
     publish_and_deliver(&stack, worker, "solo", 10).await;
-    let (small_page, small_messages, small_bytes) = measured_pull(&stack, "solo").await;
+    let (small_page, small) = measured_pull(&stack, "solo").await;
     assert_eq!(small_page.notifications.len(), 10);
 
     // A hundred times the history, of 2,000 other members.
@@ -285,14 +309,19 @@ async fn heavy_a_pull_reads_only_its_members_history() {
     stack
         .wait_for_counter(worker, "reno_worker_events_total", &[("outcome", "delivered")], before + 10_000)
         .await;
-    let (large_page, large_messages, large_bytes) = measured_pull(&stack, "solo").await;
+    let (large_page, large) = measured_pull(&stack, "solo").await;
 
     println!(
-        "one pull of a member with 10 entries: {small_messages} messages, {small_bytes} bytes from the server \
-         with 10 entries in the history; {large_messages} messages, {large_bytes} bytes with 10,010"
+        "one pull of a member with 10 entries, (messages, bytes) from the server with 10 entries in the \
+         history: {small:?}; with 10,010: {large:?}"
     );
     assert_eq!(large_page, small_page, "the same page before and after");
-    assert_eq!(large_messages, small_messages, "the server sent as many messages for the pull");
+    // The document came on a read connection, the only thing those carry.
+    assert_eq!(small.reads.0, 1, "{small:?}: one document read on a read connection");
+    assert_eq!(large.requests.0, small.requests.0, "the server sent as many messages for the pull");
+    assert_eq!(large.reads.0, small.reads.0, "the server sent as many reads for the pull");
     // The bucket's bounds are a few digits longer; the member's history is the same size.
-    assert!(large_bytes.abs_diff(small_bytes) < 64, "{small_bytes} bytes, then {large_bytes}");
+    for (small, large) in [(small.requests.1, large.requests.1), (small.reads.1, large.reads.1)] {
+        assert!(large.abs_diff(small) < 64, "{small} bytes, then {large}");
+    }
 }

@@ -1,10 +1,14 @@
 //! Reading one member's history for one device type, in pages: one direct get of the member's
 //! document (see `reno_model::history`), so that a pull costs what that member's own history costs,
 //! whatever the size of the whole history, and no consumer is created per device. The bucket's
-//! epoch and retention come from its stream info, read at most once a second for all pulls.
+//! epoch and retention come from its stream info, read at most once a second for all pulls. The
+//! reads go out on connections of their own (see [`ReadLanes`]).
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -47,14 +51,63 @@ pub struct HistoryReader {
     jetstream: jetstream::Context,
     clock: ServerClock,
     bounds: Arc<Mutex<Option<CachedBounds>>>,
+    lanes: Arc<ReadLanes>,
 }
 
-/// The bounds last read, when, and the stream handle they came from (shared, not copied per pull:
-/// it carries the stream's whole configuration).
+/// The bounds last read, and when.
 struct CachedBounds {
     read_at: Instant,
     bounds: Bounds,
-    stream: Arc<Stream>,
+}
+
+/// The connections the documents are read on. nats-server answers the direct gets that come in on
+/// one client connection one after another, on that connection's read loop, and a read of a
+/// document whose message block is not in the server's cache first loads the whole block (4–8
+/// MiB): on one connection, every read behind it waits for that load. Each read takes the lane
+/// with the fewest reads in flight, so that up to one slow read per lane proceeds at once and the
+/// others keep moving.
+struct ReadLanes {
+    lanes: Box<[ReadLane]>,
+}
+
+struct ReadLane {
+    /// The history stream on this lane's connection (a handle only: no stream info).
+    stream: Stream<()>,
+    in_flight: AtomicUsize,
+}
+
+/// A lane taken for one read; gives it back when dropped.
+struct Taken<'a>(&'a ReadLane);
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ReadLanes {
+    async fn new(readers: Vec<async_nats::Client>) -> Self {
+        let mut lanes = Vec::with_capacity(readers.len());
+        for client in readers {
+            let stream = jetstream::new(client)
+                .get_stream_no_info(subject::history_stream())
+                .await
+                .expect("the history stream's name is valid");
+            lanes.push(ReadLane { stream, in_flight: AtomicUsize::new(0) });
+        }
+        ReadLanes { lanes: lanes.into() }
+    }
+
+    /// The lane with the fewest reads in flight (the first of them on a tie).
+    fn take(&self) -> Taken<'_> {
+        let lane = self
+            .lanes
+            .iter()
+            .min_by_key(|lane| lane.in_flight.load(Ordering::Relaxed))
+            .expect("at least one read connection");
+        lane.in_flight.fetch_add(1, Ordering::Relaxed);
+        Taken(lane)
+    }
 }
 
 /// The history bucket as a whole, at the time of a request.
@@ -88,11 +141,14 @@ pub(crate) struct Document {
 const CLOCK_SLACK_MS: u64 = 60_000;
 
 impl HistoryReader {
-    /// A reader on `client`'s connection, following the history servers' clock.
-    pub async fn start(client: async_nats::Client) -> Self {
+    /// A reader that asks for the bucket's bounds on `client`'s connection and reads documents on
+    /// the `readers`' connections (at least one), following the history servers' clock.
+    pub async fn start(client: async_nats::Client, readers: Vec<async_nats::Client>) -> Self {
+        assert!(!readers.is_empty(), "a history reader needs at least one read connection");
         let jetstream = jetstream::new(client);
         let clock = ServerClock::follow(jetstream.clone(), subject::history_stream()).await;
-        HistoryReader { jetstream, clock, bounds: Arc::default() }
+        let lanes = Arc::new(ReadLanes::new(readers).await);
+        HistoryReader { jetstream, clock, bounds: Arc::default(), lanes }
     }
 
     /// One page of `member`'s notifications for `device_type` above `request.cursor`.
@@ -102,27 +158,27 @@ impl HistoryReader {
         device_type: &DeviceType,
         request: PullRequest,
     ) -> Result<PullPage, HistoryError> {
-        let (mut bounds, stream) = self.bounds(false).await?;
-        let mut document = read(&stream, member, Copy::Any).await?;
+        let mut bounds = self.bounds(false).await?;
+        let mut document = read(&self.lanes, member, Copy::Any).await?;
         if document.as_ref().is_none_or(|document| request.cursor > document.revision) {
             // Nothing of the member, or a cursor beyond its history: confirm with the bucket's
             // current bounds, then the leader's copy, in that order, so that a write the first
             // read missed (answered by a replica a moment behind, or made between the reads) is
             // never taken for no history, nor for a reset.
-            bounds = self.bounds(true).await?.0;
-            document = read(&stream, member, Copy::Leader).await?;
+            bounds = self.bounds(true).await?;
+            document = read(&self.lanes, member, Copy::Leader).await?;
         }
         let now_ms = u64::try_from(self.clock.now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         Ok(page_of(document.as_ref(), member, device_type, &request, &bounds, now_ms))
     }
 
     /// The bucket's bounds, read again if `fresh` or older than [`BOUNDS_TTL`].
-    async fn bounds(&self, fresh: bool) -> Result<(Bounds, Arc<Stream>), HistoryError> {
+    async fn bounds(&self, fresh: bool) -> Result<Bounds, HistoryError> {
         if let Some(cached) = self.bounds.lock().expect("not poisoned").as_ref()
             && !fresh
             && cached.read_at.elapsed() < BOUNDS_TTL
         {
-            return Ok((cached.bounds, cached.stream.clone()));
+            return Ok(cached.bounds);
         }
         let stream = tokio::time::timeout(READ_TIMEOUT, self.jetstream.get_stream(subject::history_stream()))
             .await
@@ -136,10 +192,8 @@ impl HistoryReader {
             retention_ms: (!max_age.is_zero())
                 .then(|| u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX)),
         };
-        let stream = Arc::new(stream);
-        *self.bounds.lock().expect("not poisoned") =
-            Some(CachedBounds { read_at: Instant::now(), bounds, stream: stream.clone() });
-        Ok((bounds, stream))
+        *self.bounds.lock().expect("not poisoned") = Some(CachedBounds { read_at: Instant::now(), bounds });
+        Ok(bounds)
     }
 }
 
@@ -155,8 +209,10 @@ enum Copy {
 /// The member's document, if there is one. A delete marker is an empty history that lost what
 /// came before it; a document this service cannot read (written by a newer reno) is an error, not
 /// an empty history.
-async fn read(stream: &Stream, member: &MemberId, copy: Copy) -> Result<Option<Document>, HistoryError> {
+async fn read(lanes: &ReadLanes, member: &MemberId, copy: Copy) -> Result<Option<Document>, HistoryError> {
     let subject = subject::history_subject(member);
+    let lane = lanes.take();
+    let stream = &lane.0.stream;
     let got = match copy {
         Copy::Any => tokio::time::timeout(READ_TIMEOUT, stream.direct_get_last_for_subject(subject))
             .await
@@ -175,6 +231,7 @@ async fn read(stream: &Stream, member: &MemberId, copy: Copy) -> Result<Option<D
                 _ => Err(HistoryError::Unavailable(error.to_string())),
             }),
     };
+    drop(lane);
     let Some(message) = got? else {
         return Ok(None);
     };

@@ -32,9 +32,11 @@ pub fn needs() -> Vec<reno_nats::readiness::Needed> {
     vec![reno_nats::readiness::Needed::Bucket(subject::HISTORY_BUCKET.to_owned())]
 }
 
-/// Serves pull requests on `client` until `shutdown` completes.
+/// Serves pull requests on `client` until `shutdown` completes, reading the documents on the
+/// `readers`' connections (at least one; see [`HistoryReader::start`]).
 pub async fn run(
     client: async_nats::Client,
+    readers: Vec<async_nats::Client>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PullServiceError> {
     let service = client
@@ -49,7 +51,7 @@ pub async fn run(
         .add(subject::PULL_SUBJECTS)
         .await
         .map_err(PullServiceError::Start)?;
-    let reader = HistoryReader::start(client.clone()).await;
+    let reader = HistoryReader::start(client.clone(), readers).await;
     let tracer = reno_nats::Tracer::follow(client.clone(), "pull");
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
     info!(subjects = subject::PULL_SUBJECTS, "pull service started");

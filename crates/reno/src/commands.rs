@@ -234,12 +234,18 @@ fn device_services_needs() -> Vec<reno_nats::readiness::Needed> {
 }
 
 /// Runs the services devices talk to until the shutdown: the pull service and the presence
-/// tracker, on one connection.
+/// tracker, on one connection, and the pull service's reads of documents on `pull.read_connections`
+/// more.
 async fn device_services(client: async_nats::Client, config: &Config, stop: &Shutdown) -> Result<()> {
     let tracker_config =
         reno_presence::TrackerConfig { ttl: Duration::from_secs(config.streams.presence_ttl_secs) };
     let tracker = tokio::spawn(reno_presence::run(client.clone(), tracker_config, stop.wait()));
-    reno_pull::run(client, stop.wait()).await?;
+    let endpoint = config.endpoint()?;
+    let mut readers = Vec::with_capacity(config.pull.read_connections);
+    for lane in 0..config.pull.read_connections {
+        readers.push(reno_nats::connect_patiently(&endpoint, &format!("reno-pull-read-{lane}")).await);
+    }
+    reno_pull::run(client, readers, stop.wait()).await?;
     tracker.await??;
     Ok(())
 }

@@ -158,6 +158,10 @@ pub struct PoolSection {
 pub struct PullSection {
     /// Where Prometheus scrapes a separate pull service's metrics; `off` for none.
     pub admin_addr: AdminAddr,
+    /// Connections the pull service reads documents on, besides the one it takes requests on: the
+    /// hub answers one connection's reads one after another, so a read that loads a message block
+    /// from disk holds up only the reads on its own connection.
+    pub read_connections: usize,
 }
 
 /// The HTTP gateway: events from services, pull for legacy devices, presence, the browser page.
@@ -303,7 +307,7 @@ impl Default for WorkerSection {
 
 impl Default for PullSection {
     fn default() -> Self {
-        PullSection { admin_addr: AdminAddr(Some(([127, 0, 0, 1], 9465).into())) }
+        PullSection { admin_addr: AdminAddr(Some(([127, 0, 0, 1], 9465).into())), read_connections: 16 }
     }
 }
 
@@ -446,6 +450,12 @@ impl Config {
             if pool.threads == 0 {
                 return invalid(key, "threads must be at least 1");
             }
+        }
+        if !(1..=64).contains(&self.pull.read_connections) {
+            return invalid(
+                "pull.read_connections",
+                &format!("{} is out of range; use 1 to 64", self.pull.read_connections),
+            );
         }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid(
@@ -678,6 +688,7 @@ mod tests {
             ("[streams]\npartitions = 0\n", "streams.partitions"),
             ("[streams]\npartitions = 1025\n", "streams.partitions"),
             ("[streams]\nhistory_max_bytes = 10\n", "streams.history_max_bytes: 10 is too small"),
+            ("[pull]\nread_connections = 0\n", "pull.read_connections: 0 is out of range; use 1 to 64"),
             ("[log]\nlevel = \"info,=[\"\n", "log.level:"),
         ];
         for (text, expected) in invalid {
