@@ -263,11 +263,7 @@ fn sent_to_pull_service(stack: &Stack) -> Sent {
         })
         .map(sent)
         .collect();
-    assert_eq!(
-        readers.len(),
-        16,
-        "the pull service's read connections (pull.read_connections, 16 by default)"
-    );
+    assert!(!readers.is_empty(), "the pull service's read connections (pull.read_connections)");
     let reads = readers.iter().fold((0, 0), |total, read| (total.0 + read.0, total.1 + read.1));
     Sent { requests, reads }
 }

@@ -63,16 +63,22 @@ struct CachedBounds {
 /// The connections the documents are read on. nats-server answers the direct gets that come in on
 /// one client connection one after another, on that connection's read loop, and a read of a
 /// document whose message block is not in the server's cache first loads the whole block (4–8
-/// MiB): on one connection, every read behind it waits for that load. Each read takes the lane
-/// with the fewest reads in flight, so that up to one slow read per lane proceeds at once and the
-/// others keep moving.
+/// MiB): on one connection, every read behind it waits for that load. Each read takes a connected
+/// lane with the fewest reads in flight, so that up to one slow read per lane proceeds at once and
+/// the others keep moving. The search starts one lane further each time, so that among idle lanes
+/// none is always first (a lane whose server stopped answering frees up when its reads time out,
+/// and would otherwise take every next read).
 struct ReadLanes {
     lanes: Box<[ReadLane]>,
+    next: AtomicUsize,
 }
 
 struct ReadLane {
+    client: async_nats::Client,
     /// The history stream on this lane's connection (a handle only: no stream info).
     stream: Stream<()>,
+    /// Reads sent on this lane and not answered or timed out yet (the server may still be at a
+    /// read that timed out here: a hint, not a count of the server's work).
     in_flight: AtomicUsize,
 }
 
@@ -89,22 +95,26 @@ impl ReadLanes {
     async fn new(readers: Vec<async_nats::Client>) -> Self {
         let mut lanes = Vec::with_capacity(readers.len());
         for client in readers {
-            let stream = jetstream::new(client)
+            let stream = jetstream::new(client.clone())
                 .get_stream_no_info(subject::history_stream())
                 .await
                 .expect("the history stream's name is valid");
-            lanes.push(ReadLane { stream, in_flight: AtomicUsize::new(0) });
+            lanes.push(ReadLane { client, stream, in_flight: AtomicUsize::new(0) });
         }
-        ReadLanes { lanes: lanes.into() }
+        ReadLanes { lanes: lanes.into(), next: AtomicUsize::new(0) }
     }
 
-    /// The lane with the fewest reads in flight (the first of them on a tie).
+    /// The connected lane with the fewest reads in flight, the search starting one lane further
+    /// each time; any lane when none is connected (its read then fails or waits for the
+    /// reconnection, as a read on a single connection would).
     fn take(&self) -> Taken<'_> {
-        let lane = self
-            .lanes
-            .iter()
+        let count = self.lanes.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let lane = (0..count)
+            .map(|offset| &self.lanes[(start + offset) % count])
+            .filter(|lane| lane.client.connection_state() == async_nats::connection::State::Connected)
             .min_by_key(|lane| lane.in_flight.load(Ordering::Relaxed))
-            .expect("at least one read connection");
+            .unwrap_or(&self.lanes[start % count]);
         lane.in_flight.fetch_add(1, Ordering::Relaxed);
         Taken(lane)
     }

@@ -241,11 +241,15 @@ async fn device_services(client: async_nats::Client, config: &Config, stop: &Shu
         reno_presence::TrackerConfig { ttl: Duration::from_secs(config.streams.presence_ttl_secs) };
     let tracker = tokio::spawn(reno_presence::run(client.clone(), tracker_config, stop.wait()));
     let endpoint = config.endpoint()?;
-    let mut readers = Vec::with_capacity(config.pull.read_connections);
-    for lane in 0..config.pull.read_connections {
-        readers.push(reno_nats::connect_patiently(&endpoint, &format!("reno-pull-read-{lane}")).await);
+    let connecting = futures::future::join_all((0..config.pull.read_connections).map(|lane| {
+        let endpoint = &endpoint;
+        async move { reno_nats::connect_patiently(endpoint, &format!("reno-pull-read-{lane}")).await }
+    }));
+    tokio::select! {
+        readers = connecting => reno_pull::run(client, readers, stop.wait()).await?,
+        // Told to stop before the hub took the read connections: no pull was ever taken.
+        () = stop.wait() => {}
     }
-    reno_pull::run(client, readers, stop.wait()).await?;
     tracker.await??;
     Ok(())
 }
