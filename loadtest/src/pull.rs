@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
+use futures::StreamExt;
 use reno_model::{
     DeviceType, EventId, EventType, MemberId, PullPage, PullRequest, codec,
     history::{DEFAULT_MAX_ENTRIES, Entry, MemberHistory},
@@ -21,7 +22,7 @@ use reno_model::{
     subject,
 };
 
-pub use crate::pull_summary::{Fill, PullSummary, Pulls};
+pub use crate::pull_summary::{Fill, PullSummary, Pulls, Warm};
 use crate::{
     fleet::{Probe, member_name},
     probe,
@@ -58,6 +59,11 @@ pub struct PullArgs {
     /// Seconds to wait after filling before the pulls are measured (the cold case: 130)
     #[arg(long, default_value_t = 0.0)]
     pub idle_secs: f64,
+    /// Direct gets of random members after the fill (and the idle wait), before the pulls are
+    /// measured, 64 at a time: they bring the history's message blocks into the hub's cache, as a
+    /// server that keeps answering reads of a history it can hold has them (0: none)
+    #[arg(long, default_value_t = 0)]
+    pub warm_reads: u32,
     /// Pulls measured, one at a time, each of a random member with cursor 0
     #[arg(long, default_value_t = 1000)]
     pub pulls: u32,
@@ -324,6 +330,31 @@ async fn fill(topology: &Topology, args: &PullArgs, device_type: &DeviceType) ->
     })
 }
 
+/// Direct gets of the warm-up in flight at once.
+const WARM_CONCURRENCY: usize = 64;
+
+/// `count` direct gets of random members, [`WARM_CONCURRENCY`] at a time, each checked.
+async fn warm(puller: &Puller, count: u32, seed: u64) -> Warm {
+    let started = Instant::now();
+    let mut picker = Picker::new(seed);
+    let members: Vec<u32> = (0..count).map(|_| picker.next(puller.members)).collect();
+    let results: Vec<Result<u64, PullFailure>> = futures::stream::iter(members)
+        .map(|member| puller.get(member))
+        .buffer_unordered(WARM_CONCURRENCY)
+        .collect()
+        .await;
+    let first_error = results.iter().find_map(|result| match result {
+        Err(PullFailure::Failed(error) | PullFailure::Wrong(error)) => Some(error.clone()),
+        Ok(_) => None,
+    });
+    Warm {
+        reads: count,
+        failed: results.iter().filter(|result| result.is_err()).count() as u64,
+        first_error,
+        secs: round(started.elapsed().as_secs_f64(), 2),
+    }
+}
+
 /// `count` pulls of random members, one at a time, each checked; after each, a direct get of
 /// another random member's document from the hub itself, so that both meet the same caches.
 async fn measure(puller: &Puller, count: u32, seed: u64) -> Pulls {
@@ -403,6 +434,10 @@ pub async fn run(args: &PullArgs) -> Result<PullSummary> {
         members: args.members,
         entries: args.entries,
     };
+    let warmed = match args.warm_reads {
+        0 => None,
+        reads => Some(warm(&puller, reads, now_us()).await),
+    };
     let pulls = measure(&puller, args.pulls, now_us()).await;
     let flood = if args.flood_events > 0 {
         let plan = pull_flood::Plan {
@@ -424,15 +459,17 @@ pub async fn run(args: &PullArgs) -> Result<PullSummary> {
         && pulls.latency.count == u64::from(args.pulls)
         && pulls.server_gets_failed == 0;
     let flooded = flood.as_ref().is_none_or(|flood| flood.ok);
+    let warm_ok = warmed.as_ref().is_none_or(|warmed| warmed.failed == 0);
     Ok(PullSummary {
         scenario: "pull",
-        ok: filled && pulled && flooded,
+        ok: filled && warm_ok && pulled && flooded,
         members: args.members,
         entries: args.entries,
         history_entries: u64::from(args.members) * u64::from(args.entries),
         payload_bytes: args.payload_bytes,
         idle_secs: args.idle_secs,
         fill,
+        warm: warmed,
         pulls,
         flood,
         loadavg: [load_before, load_at_pulls, probe::loadavg()],

@@ -19,6 +19,8 @@ pub struct PullSummary {
     /// Seconds waited between filling and measuring.
     pub idle_secs: f64,
     pub fill: Fill,
+    /// The direct gets that warmed the hub's cache before the pulls (`--warm-reads`).
+    pub warm: Option<Warm>,
     pub pulls: Pulls,
     pub flood: Option<Flood>,
     /// /proc/loadavg at the start, when the pulls were measured, and at the end.
@@ -40,6 +42,15 @@ pub struct Fill {
     pub history_bytes: u64,
     /// The hub's resident memory after the fill.
     pub hub_rss_mib: Option<f64>,
+}
+
+/// Direct gets of random members before the pulls were measured, not timed one by one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Warm {
+    pub reads: u32,
+    pub failed: u64,
+    pub first_error: Option<String>,
+    pub secs: f64,
 }
 
 /// The pulls measured one at a time.
@@ -138,6 +149,15 @@ impl PullSummary {
             fill.history_bytes as f64 / 1048576.0,
             fill.hub_rss_mib
         ));
+        if let Some(warm) = &self.warm {
+            text.push_str(&format!(
+                "warmed the hub's cache with {} direct gets in {:.1} s, failed {}{}\n",
+                warm.reads,
+                warm.secs,
+                warm.failed,
+                warm.first_error.as_ref().map(|error| format!(" ({error})")).unwrap_or_default()
+            ));
+        }
         let pulls = &self.pulls;
         text.push_str(&format!(
             "after {} s idle: first pull {:?} ms; failed {}, wrong pages {}{}\n",

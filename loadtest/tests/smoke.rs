@@ -159,8 +159,8 @@ fn pull_flood_by_the_hub_alone_reads_every_members_whole_document() {
     pull_smoke("hub");
 }
 
-/// A small pull run whose flood is answered by `via`: every page or document checked, every
-/// phase drained.
+/// A small pull run, warmed by direct gets first, whose flood is answered by `via`: every page or
+/// document checked, every phase drained.
 fn pull_smoke(via: &str) {
     let reno = reno_binary();
     let summary = run_to_end(
@@ -173,6 +173,8 @@ fn pull_smoke(via: &str) {
             "50",
             "--entries",
             "3",
+            "--warm-reads",
+            "30",
             "--pulls",
             "20",
             "--flood-events",
@@ -189,6 +191,9 @@ fn pull_smoke(via: &str) {
     assert_eq!(summary["fill"]["documents"], 50, "{summary}");
     assert_eq!(summary["fill"]["failed"], 0, "{summary}");
     assert!(summary["fill"]["history_messages"].as_u64().unwrap() >= 50, "{summary}");
+    // The warm-up's direct gets each found their member's whole document.
+    assert_eq!(summary["warm"]["reads"], 30, "{summary}");
+    assert_eq!(summary["warm"]["failed"], 0, "{summary}");
     // Every pull answered with its member's three entries, in order.
     assert_eq!(summary["pulls"]["latency"]["count"], 20, "{summary}");
     assert_eq!(summary["pulls"]["failed"], 0, "{summary}");
