@@ -324,7 +324,8 @@ PULL_RUNS = [("pull-10k", "10k entries"), ("pull-10m", "10M entries"), ("pull-10
 FLOOD_RUNS = [("pull-10k", "10k entries, with the flood"),
               ("pull-10k-hub", "10k entries, with the flood answered by the hub alone"),
               ("pull-10m", "10M entries, with the flood"),
-              ("pull-10m-hub", "10M entries, with the flood answered by the hub alone")]
+              ("pull-10m-hub", "10M entries, with the flood answered by the hub alone"),
+              ("pull-10m-warm-flood", "10M entries, with the flood on a history kept warm")]
 
 
 def history_label(found):
@@ -380,7 +381,11 @@ def pull(results):
         def without_with(path):
             return f"{fmt(without_med(path))} / {fmt(phase_med(1, path))}"
 
-        flood_rows.append([history_label(flooded), "the hub alone (direct gets)" if by_hub else "the pull service",
+        answered_by = "the hub alone (direct gets)" if by_hub else "the pull service"
+        keep_warm = med(flooded, "flood.keep_warm_rate")
+        if keep_warm:
+            answered_by += f", the history kept warm by {fmt(keep_warm)} direct gets/s in every phase"
+        flood_rows.append([history_label(flooded), answered_by,
                            len(flooded),
                            fmt(med(flooded, "flood.events_per_phase")),
                            fmt(med(flooded, "flood.events_per_sec_without_pulls")),

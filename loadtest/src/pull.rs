@@ -81,6 +81,12 @@ pub struct PullArgs {
     /// operation a pull makes, and checks it): the least a flood of pulls can take from the workers
     #[arg(long, value_enum, default_value_t = FloodVia::PullService)]
     pub flood_via: FloodVia,
+    /// Direct gets of random members per second from this process through all three phases of the
+    /// flood, so that the history's blocks stay in the hub's memory (it drops a block's cache 10 s
+    /// after its last read); the same in every phase, so the ratio is what the flood's pulls add on
+    /// a warm history (0: none)
+    #[arg(long, default_value_t = 0.0)]
+    pub keep_warm_rate: f64,
     /// Seconds to wait for the workers to drain each phase of the flood
     #[arg(long, default_value_t = 600.0)]
     pub drain_secs: f64,
@@ -444,6 +450,7 @@ pub async fn run(args: &PullArgs) -> Result<PullSummary> {
             events: args.flood_events,
             pull_rate: args.flood_pull_rate,
             via: args.flood_via,
+            keep_warm_rate: args.keep_warm_rate,
             payload_bytes: args.payload_bytes,
             window: args.window,
             drain: Duration::from_secs_f64(args.drain_secs),

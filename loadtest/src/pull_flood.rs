@@ -34,6 +34,8 @@ pub struct Plan {
     pub pull_rate: f64,
     /// What answers them.
     pub via: FloodVia,
+    /// Direct gets per second through all the phases, keeping the history's blocks cached.
+    pub keep_warm_rate: f64,
     pub payload_bytes: usize,
     /// Publishes awaiting their acks at most.
     pub window: usize,
@@ -61,6 +63,16 @@ pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Fl
     let event_type = EventType::new(EVENT_TYPE).expect("an event type");
     // The flood's members come after the filled ones: `members + global index`.
     let padding = padding_for(puller.members, plan.payload_bytes);
+    let (stop_warm, warm_stopped) = watch::channel(false);
+    let keep_warm = (plan.keep_warm_rate > 0.0).then(|| {
+        tokio::spawn(paced_pulls(
+            Arc::new(puller.clone()),
+            FloodVia::Hub,
+            plan.keep_warm_rate,
+            now_us(),
+            warm_stopped,
+        ))
+    });
     let mut phases = Vec::new();
     for (number, (label, with_pulls)) in PHASES.into_iter().enumerate() {
         let first = number as u64 * plan.events;
@@ -143,6 +155,11 @@ pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Fl
             loadavg: probe::loadavg(),
         });
     }
+    let _ = stop_warm.send(true);
+    let kept_warm = match keep_warm {
+        Some(reads) => Some(reads.await.context("the keep-warm reads")?),
+        None => None,
+    };
     let rate = |with: bool| {
         let rates: Vec<f64> = phases
             .iter()
@@ -158,12 +175,14 @@ pub async fn run(topology: &Topology, puller: &Puller, plan: &Plan) -> Result<Fl
             && phase.publish_failed == 0
             && phase.events == plan.events
             && phase.pulls.as_ref().is_none_or(|pulls| pulls.failed == 0)
-    });
+    }) && kept_warm.as_ref().is_none_or(|reads| reads.failed == 0);
     Ok(Flood {
         ok,
         events_per_phase: plan.events,
         pull_rate: plan.pull_rate,
         via: plan.via,
+        keep_warm_rate: plan.keep_warm_rate,
+        kept_warm,
         events_per_sec_without_pulls: round(without, 1),
         events_per_sec_with_pulls: round(with, 1),
         ratio: if without > 0.0 { round(with / without, 3) } else { 0.0 },

@@ -81,6 +81,10 @@ pub struct Flood {
     pub pull_rate: f64,
     /// What answered the pulls.
     pub via: FloodVia,
+    /// Direct gets per second through every phase that kept the history's blocks cached (0: none),
+    /// and how they went.
+    pub keep_warm_rate: f64,
+    pub kept_warm: Option<PullLoad>,
     /// The mean of the phases without pulls.
     pub events_per_sec_without_pulls: f64,
     pub events_per_sec_with_pulls: f64,
@@ -207,6 +211,13 @@ impl PullSummary {
                         text.push('\n');
                     }
                 }
+            }
+            if let Some(load) = &flood.kept_warm {
+                text.push_str(&load.latency.row(&format!(
+                    "  {:.0} direct gets/s through every phase keeping the history warm, {} failed",
+                    load.per_sec, load.failed
+                )));
+                text.push('\n');
             }
             text.push_str(&format!(
                 "workers' throughput with pulls ÷ without: {:.0} ÷ {:.0} = {:.3}\n",

@@ -159,8 +159,8 @@ pub struct PullSection {
     /// Where Prometheus scrapes a separate pull service's metrics; `off` for none.
     pub admin_addr: AdminAddr,
     /// Connections the pull service reads documents on, besides the one it takes requests on: the
-    /// hub answers one connection's reads one after another, so a read that loads a message block
-    /// from disk holds up only the reads on its own connection.
+    /// hub answers one connection's reads one after another, so a read that must first load a
+    /// message block holds up only the reads on its own connection.
     pub read_connections: usize,
 }
 
