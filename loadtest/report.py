@@ -319,7 +319,8 @@ def floor(results, standing=""):
 
 
 PULL_RUNS = [("pull-10k", "10k entries"), ("pull-10m", "10M entries"), ("pull-10m-warm", "10M entries"),
-             ("pull-10k-cold", "10k entries"), ("pull-10m-cold", "10M entries")]
+             ("pull-10m-warm-flood", "10M entries"), ("pull-10k-cold", "10k entries"),
+             ("pull-10m-cold", "10M entries")]
 # The flood's runs: answered by the pull service, and by the hub alone (no pull service).
 FLOOD_RUNS = [("pull-10k", "10k entries, with the flood"),
               ("pull-10k-hub", "10k entries, with the flood answered by the hub alone"),
@@ -345,7 +346,8 @@ def pull(results):
         wrong = sum((dig(summary, "pulls.wrong") or 0) + (dig(summary, "pulls.failed") or 0) for summary in found)
         warm_reads = med(found, "warm.reads")
         measured = ("right after the fill" if not idle else f"after {fmt(idle)} s idle") + (
-            f", then {fmt(warm_reads)} direct gets warming the hub's cache" if warm_reads else "")
+            f", then {fmt(warm_reads)} direct gets warming the hub's cache" if warm_reads else "") + (
+            " (the runs of the flood kept warm)" if med(found, "flood.keep_warm_rate") else "")
         latency_rows.append([history_label(found), measured, len(found)]
                             + [fmt(med(found, f"pulls.latency.{key}"), 2)
                                for key in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]]

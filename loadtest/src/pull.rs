@@ -414,6 +414,13 @@ pub async fn run(args: &PullArgs) -> Result<PullSummary> {
     if args.topology.hub.is_some() {
         bail!("the pull run provisions its own history limits and fills it: start it without --hub");
     }
+    for (flag, rate) in
+        [("--flood-pull-rate", args.flood_pull_rate), ("--keep-warm-rate", args.keep_warm_rate)]
+    {
+        if !(rate.is_finite() && rate >= 0.0) {
+            bail!("{flag} must be a number of reads per second, 0 or more; got {rate}");
+        }
+    }
     let device_type = DeviceType::new(args.device_type.as_str()).context("device type")?;
     let mut topology_args = args.topology.clone();
     topology_args.env.extend([

@@ -230,7 +230,8 @@ async fn paced_pulls(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(1)) => {}
-            _ = stop.changed() => {}
+            // The sender gone (the run returned early) stops the pulls as a stop would.
+            changed = stop.changed() => if changed.is_err() { break },
         }
     }
     let secs = started.elapsed().as_secs_f64();
